@@ -1,0 +1,68 @@
+"""Process I, between the launcher and the container's PID 1.
+
+Forked by the launcher; dies with it (PR_SET_PDEATHSIG). Unshares the user namespace and lets the launcher write
+the ID maps and place it in the cgroup; then unshares mount, UTS, IPC, network, cgroup and PID namespaces and
+forks C, PID 1 of the new PID namespace, which dies with I. I waits for C and reports how it ended.
+"""
+import os
+import _signal
+
+from runtime import libc, sync
+from runtime.libc import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER,
+                          CLONE_NEWUTS)
+
+USERNS_FIX = ("allow unprivileged user namespaces: sysctl kernel.unprivileged_userns_clone=1 (Debian) or "
+              "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu), as the pirun_prereqs role does")
+
+
+def intermediate(spec, plan, chan, launcher_pid, unshare_net):
+    """Runs in I; never returns."""
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
+        if os.getppid() != launcher_pid:         # the launcher died before prctl took effect
+            os._exit(125)
+        libc.set_name("pirun-ns")
+        # Keys typed at the caller's terminal (Ctrl-C, Ctrl-\) are the launcher's to forward, not I's to die of.
+        for sig in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU):
+            _signal.signal(sig, _signal.SIG_IGN)
+        libc.unshare(CLONE_NEWUSER, fix=USERNS_FIX)
+        chan.send(sync.USERNS)
+        chan.expect(sync.MAPPED, "wait for the ID maps")
+        try:
+            os.setgroups([])                     # drop the caller's supplementary groups where allowed
+        except OSError:
+            pass
+        flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP | CLONE_NEWPID
+        if unshare_net:
+            flags |= CLONE_NEWNET
+        libc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            _container(spec, plan, chan)
+        chan.send(sync.CHILD, pid)
+    except BaseException as e:                   # noqa: BLE001 - reported to the launcher
+        os._exit(chan.send_error(e))
+    # From here on only C reads the channel; I only reports C's end.
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(125)
+    try:
+        if os.WIFSIGNALED(status):
+            chan.send(sync.SIGNAL, os.WTERMSIG(status))
+        else:
+            chan.send(sync.EXIT, os.WEXITSTATUS(status))
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _container(spec, plan, chan):
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
+    except BaseException as e:               # noqa: BLE001
+        os._exit(chan.send_error(e))
+    from runtime.init import Init
+    Init(spec, plan, chan).run()

@@ -1,0 +1,71 @@
+"""Path handling inside a rootfs that may be hostile.
+
+`open_in_root` resolves a container path one component at a time with openat(O_PATH|O_NOFOLLOW), following
+symlinks as if the rootfs were `/` (absolute links restart at the rootfs, `..` stops at it), and returns an
+O_PATH fd. Mounting onto `/proc/self/fd/N` then lands exactly on that object: a symlink planted in the rootfs
+cannot redirect a mount to the host (the runc securejoin CVEs).
+"""
+import os
+import stat
+
+from runtime.errors import SetupError
+
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
+
+
+def open_in_root(root_fd, path, step):
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    stack = [os.dup(root_fd)]
+    links = 0
+    try:
+        while parts:
+            comp = parts.pop(0)
+            if comp == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                fd = os.open(comp, _O_PATH, dir_fd=stack[-1])
+            except OSError as e:
+                raise SetupError(f"{step}: {path}: {e.strerror} in the rootfs") from None
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink("", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise SetupError(f"{step}: {path}: too many levels of symbolic links in the rootfs")
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            if parts and not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise SetupError(f"{step}: {path}: a component is not a directory in the rootfs")
+            stack.append(fd)
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def fd_path(fd):
+    return f"/proc/self/fd/{fd}"
+
+
+def require_real_dir(root, name, step):
+    """/proc, /dev and /sys must be plain directories of the rootfs, not symlinks."""
+    path = f"{root}/{name}"
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise SetupError(f"{step}: /{name}: {e.strerror} in the rootfs",
+                         fix=f"create the directory /{name} in the rootfs (python3 -m runtime.rootfs builds "
+                             f"a complete one)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SetupError(f"{step}: /{name} in the rootfs is not a directory (a symlink is refused)")
+    return path

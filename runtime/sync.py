@@ -1,0 +1,109 @@
+"""Typed messages between the launcher (P) and the container side (I, then C).
+
+One SOCK_SEQPACKET socketpair, created with SOCK_CLOEXEC so the command never inherits it. A message is one
+datagram: a kind byte string, then NUL-separated fields. Unexpected kinds are errors. An error raised on the
+container side travels back as an ERROR message with its class, exit code, message and fix, and is raised again
+in the launcher, so that only run.py's main prints it.
+
+Sequence (-> P to child, <- child to P):
+    <- USERNS            I has unshared its user namespace: write the maps, place it in the cgroup
+    -> MAPPED            maps written
+    <- CHILD pid         I unshared the other namespaces and forked C (PID 1), whose host PID this is
+    <- SETUP [fd]        C mounted, pivoted, named itself; in tty mode it passes the pty master fd
+    -> GO                network ready (and terminal set up): drop privileges and exec
+    <- ERROR ...         any stage, instead of the expected message
+    <- EXIT code | SIGNAL n   I: how C ended
+"""
+import os
+import _socket
+
+from runtime import errors
+
+USERNS = b"USERNS"
+MAPPED = b"MAPPED"
+CHILD = b"CHILD"
+SETUP = b"SETUP"
+GO = b"GO"
+ERROR = b"ERROR"
+EXIT = b"EXIT"
+SIGNAL = b"SIGNAL"
+
+_MAX = 65536
+
+
+class Channel:
+    def __init__(self, sock):
+        self.sock = sock
+
+    @classmethod
+    def pair(cls):
+        a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        return cls(a), cls(b)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, kind, *fields, fds=()):
+        data = b"\0".join((kind,) + tuple(os.fsencode(str(f)) for f in fields))
+        if fds:
+            import array
+            anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            self.sock.sendmsg([data], anc)
+        else:
+            self.sock.send(data)
+
+    def recv(self):
+        """Return (kind, fields, fds); kind is None at EOF (the other side is gone)."""
+        data, anc, _flags, _addr = self.sock.recvmsg(_MAX, 64)
+        fds = []
+        for level, typ, payload in anc:
+            if level == _socket.SOL_SOCKET and typ == _socket.SCM_RIGHTS:
+                import array
+                arr = array.array("i")
+                arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
+                fds.extend(arr)
+        if not data:
+            return None, [], fds
+        parts = data.split(b"\0")
+        return parts[0], [os.fsdecode(p) for p in parts[1:]], fds
+
+    def expect(self, kind, stage):
+        """Receive one message of `kind`; re-raise a forwarded error; anything else is a protocol error."""
+        got, fields, fds = self.recv()
+        if got == kind:
+            return fields, fds
+        for fd in fds:
+            os.close(fd)
+        if got == ERROR:
+            raise error_from_fields(fields)
+        if got is None:
+            raise errors.SetupError(f"{stage}: the container process ended unexpectedly")
+        raise errors.SetupError(f"{stage}: unexpected message {got.decode(errors='replace')}")
+
+    def send_error(self, exc):
+        if isinstance(exc, errors.PirunError):
+            name, code, message, fix = type(exc).__name__, exc.exit_code, exc.message, exc.fix or ""
+        elif isinstance(exc, OSError):
+            name, code, message, fix = "SetupError", errors.EXIT_RUNTIME, f"{exc.strerror or exc}", ""
+        else:
+            name, code, message, fix = "SetupError", errors.EXIT_RUNTIME, f"internal error: {exc!r}", ""
+        try:
+            self.send(ERROR, name, code, message, fix)
+        except OSError:
+            pass
+        return code
+
+
+def error_from_fields(fields):
+    name, code, message, fix = (fields + ["", "125", "unknown error", ""])[:4]
+    cls = getattr(errors, name, errors.SetupError)
+    if not (isinstance(cls, type) and issubclass(cls, errors.PirunError)):
+        cls = errors.SetupError
+    if cls is errors.ExecError:
+        exc = cls(message, fix or None, exit_code=int(code))
+    else:
+        exc = cls(message, fix or None)
+    return exc
