@@ -199,8 +199,10 @@ def _volume(name, text, cwd):
             else:
                 raise SpecError(f"{name} {text}: unknown volume option {o!r} (ro or rw)")
     host = os.path.realpath(os.path.join(cwd, host))
-    if not os.path.exists(host):
-        raise SpecError(f"{name} {text}: host path {host} does not exist")
+    try:
+        os.stat(host)
+    except OSError as e:
+        raise SpecError(f"{name} {text}: host path {host}: {e.strerror}") from None
     if not target.startswith("/"):
         raise SpecError(f"{name} {text}: container path must be absolute")
     target = os.path.normpath(target)

@@ -83,10 +83,15 @@ class Init:
                 fd = open_in_root(self.root_fd, target, f"volume {host}:{target}")
                 try:
                     mount(host, fd_path(fd), None, MS_BIND | MS_REC, step=f"volume {host} on")
-                    if ro:
-                        remount_read_only(fd_path(fd), f"volume {target}")
                 finally:
                     os.close(fd)
+                if ro:
+                    # the old fd still names the directory under the new mount: look the target up again
+                    fd = open_in_root(self.root_fd, target, f"volume {host}:{target}")
+                    try:
+                        remount_read_only(fd_path(fd), f"volume {target}")
+                    finally:
+                        os.close(fd)
             case S.WriteEtc(name=name, content=content):
                 self._write_etc(name, content)
             case S.PivotRoot():

@@ -144,3 +144,16 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 def mount_table():
     with open("/proc/self/mountinfo") as f:
         return sorted(" ".join(line.split()[3:]) for line in f)
+
+
+@pytest.fixture
+def shared_tmp(tmp_path_factory):
+    """A temporary directory the test user can reach and write (pytest's own tmp_path is root's, mode 700)."""
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="pirun-test-", dir="/tmp"))
+    _name, uid, gid, _home = container_user()
+    os.chown(d, uid, gid)
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -15,7 +15,7 @@ from conftest import RUN, REPO, run
     (["-p", "127.0.0.1:0:80", "true"], "out of range"),
     (["--cap-add", "FLY", "true"], "unknown capability"),
     (["--hostname", "-bad", "true"], "not a valid hostname"),
-    (["-v", "/no/such/host:/mnt", "true"], "does not exist"),
+    (["-v", "/no/such/host:/mnt", "true"], "No such file or directory"),
     (["-v", "/tmp:relative", "true"], "must be absolute"),
     (["-w", "relative", "true"], "must be an absolute path"),
     (["--security-opt", "apparmor=x", "true"], "unsupported"),
