@@ -215,7 +215,7 @@ class Init:
 
 def _preload(spec):
     """Import now what is used after pivot_root: from then on the host's Python library is out of reach."""
-    import array, errno, fcntl, struct, _socket  # noqa: F401,E401
+    import errno, fcntl, struct, _socket  # noqa: F401,E401
     from runtime import caps  # noqa: F401
     if spec.tty:
         import termios  # noqa: F401

@@ -49,8 +49,8 @@ class Channel:
     def send(self, kind, *fields, fds=()):
         data = b"\0".join((kind,) + tuple(os.fsencode(str(f)) for f in fields))
         if fds:
-            import array
-            anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            import struct
+            anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
             self.sock.sendmsg([data], anc)
         else:
             self.sock.send(data)
@@ -61,10 +61,9 @@ class Channel:
         fds = []
         for level, typ, payload in anc:
             if level == _socket.SOL_SOCKET and typ == _socket.SCM_RIGHTS:
-                import array
-                arr = array.array("i")
-                arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
-                fds.extend(arr)
+                import struct
+                n = len(payload) // 4
+                fds.extend(struct.unpack(f"{n}i", payload[:4 * n]))
         if not data:
             return None, [], fds
         parts = data.split(b"\0")
