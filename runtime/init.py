@@ -201,6 +201,7 @@ class Init:
             except OSError as e:
                 raise SetupError(f"workdir {spec.workdir}: {e.strerror}",
                                  fix="create it in the rootfs or choose another -w") from None
+            _close_inherited_fds(chan.fileno())
             drop_privileges(spec.caps)
             if spec.seccomp:
                 _seccomp()
@@ -211,6 +212,13 @@ class Init:
         except BaseException as e:          # noqa: BLE001 - everything goes back to the launcher
             code = chan.send_error(e)
             os._exit(code)
+
+
+def _close_inherited_fds(keep):
+    """Only stdin, stdout and stderr reach the command: close what the caller (or Python) left open above them.
+    `keep` (the sync channel) is close-on-exec."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
 
 
 def _preload(spec):

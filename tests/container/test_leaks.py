@@ -57,3 +57,12 @@ def test_setup_failure_leaves_nothing(rootfs):
         except OSError:
             pass
     assert leftovers == []
+
+
+def test_callers_extra_fds_do_not_reach_the_command(rootfs):
+    import subprocess
+    from conftest import run_args, user_env, user_kwargs
+    r = subprocess.run(["/bin/sh", "-c", 'exec 7</etc/passwd; exec "$@"', "sh"] + run_args(["ls", "/proc/self/fd"]),
+                       capture_output=True, text=True, env=user_env(), cwd="/", **user_kwargs())
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) <= {"0", "1", "2", "3"}, r.stdout     # 3: ls's own directory fd
