@@ -1,0 +1,699 @@
+"""Build a root filesystem for pirun, offline, from Debian's busybox-static package (or a pinned Alpine tarball).
+
+    python3 -m runtime.rootfs --arch aarch64 --dest rootfs_arm      # the Pi's architecture
+    python3 -m runtime.rootfs --arch host --dest rootfs_host        # this machine's architecture
+    python3 -m runtime.rootfs --arch aarch64 --dest DIR --deb busybox-static_..._arm64.deb
+    python3 -m runtime.rootfs --dest DIR --alpine alpine-minirootfs-3.20.3-aarch64.tar.gz --sha256 HEX
+
+Busybox recipe: `apt-get download busybox-static:ARCH` into a cache directory (or --deb), `dpkg-deb -x`, keep
+/bin/busybox, one relative symlink per applet (`busybox --list-full`, run natively, through binfmt_misc, through
+qemu-ARCH-static, or taken from the host's busybox of the same version), /etc/passwd, /etc/group,
+/etc/os-release, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf (run.py bind-mounts
+generated files on them and never edits the rootfs) and the directories a runtime needs. DEST/.pirun-rootfs
+records what was built (`arch=aarch64` ...).
+
+The tree is built in a hidden temporary directory next to DEST and renamed into place, so a failure, Ctrl-C or
+SIGTERM leaves no half-built rootfs. An existing pirun rootfs is only replaced with --force; a DEST that holds
+only the recipe's README.md (rootfs_arm/) is filled and keeps its README.md.
+
+Errors are one line `rootfs: error: ...; fix: ...` and exit status 1 (130 when interrupted). This is a build
+tool, not the hot path: it may import anything from the stdlib.
+"""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+from runtime.errors import PirunError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = ".pirun-rootfs"
+KEEP = ("README.md",)          # files of DEST that survive a build (the recipe in rootfs_arm/)
+
+# uname -m name -> (Debian architecture, ELF e_machine, ELF class (1: 32-bit, 2: 64-bit), qemu-user name)
+ARCHES = {
+    "aarch64": ("arm64", 183, 2, "aarch64"),
+    "x86_64": ("amd64", 62, 2, "x86_64"),
+    "armv7l": ("armhf", 40, 1, "arm"),
+    "i686": ("i386", 3, 1, "i386"),
+    "riscv64": ("riscv64", 243, 2, "riscv64"),
+    "ppc64le": ("ppc64el", 21, 2, "ppc64le"),
+    "s390x": ("s390x", 22, 2, "s390x"),
+}
+ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "armhf": "armv7l", "arm": "armv7l", "i386": "i686",
+           "ppc64el": "ppc64le"}
+APPLET_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
+DIRS = (  # (path, mode)
+    ("bin", 0o755), ("sbin", 0o755), ("usr", 0o755), ("usr/bin", 0o755), ("usr/sbin", 0o755),
+    ("usr/lib", 0o755), ("lib", 0o755), ("etc", 0o755), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755),
+    ("tmp", 0o1777), ("root", 0o700), ("run", 0o755), ("var", 0o755), ("var/tmp", 0o1777),
+    ("var/log", 0o755), ("var/cache", 0o755), ("var/lib", 0o755), ("home", 0o755), ("mnt", 0o755),
+    ("opt", 0o755), ("srv", 0o755), ("media", 0o755),
+)
+MOUNT_TARGETS = ("etc/hosts", "etc/hostname", "etc/resolv.conf")   # empty files, bind-mounted by run.py
+PASSWD = """\
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+bin:x:2:2:bin:/bin:/bin/false
+sys:x:3:3:sys:/dev:/bin/false
+sync:x:4:65534:sync:/bin:/bin/sync
+mail:x:8:8:mail:/var/mail:/bin/false
+www-data:x:33:33:www-data:/var/www:/bin/false
+operator:x:37:37:operator:/root:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+"""
+GROUP = """\
+root:x:0:
+daemon:x:1:
+bin:x:2:
+sys:x:3:
+adm:x:4:
+tty:x:5:
+disk:x:6:
+lp:x:7:
+mail:x:8:
+kmem:x:15:
+dialout:x:20:
+cdrom:x:24:
+sudo:x:27:
+audio:x:29:
+www-data:x:33:
+operator:x:37:
+video:x:44:
+staff:x:50:
+users:x:100:
+nogroup:x:65534:
+"""
+
+
+class RootfsError(PirunError):
+    """The rootfs could not be built (this tool's own error; run.py never sees it)."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- architecture helpers (also used by check.py)
+
+def normalize_arch(name):
+    """'host', 'arm64', 'aarch64', 'amd64' ... -> the uname -m name used everywhere in pirun."""
+    if name == "host":
+        name = os.uname().machine
+    name = ALIASES.get(name, name)
+    if name.startswith("armv7") or name.startswith("armv8l"):
+        name = "armv7l"
+    if name not in ARCHES:
+        raise RootfsError(f"unknown architecture {name!r}",
+                          fix="use --arch aarch64, --arch x86_64 or --arch host")
+    return name
+
+
+def elf_arch(path):
+    """The uname -m name for an ELF executable, None when the file is not ELF or of an unknown machine."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order = "little" if head[5] == 1 else "big"
+    machine = int.from_bytes(head[18:20], order)
+    for arch, (_deb, em, elf_class, _q) in ARCHES.items():
+        if em == machine and elf_class == head[4]:
+            return arch
+    return None
+
+
+def resolve_in_root(root, path, limit=40):
+    """Host path of `path` (absolute, as seen inside the rootfs) with symlinks resolved inside `root`.
+
+    Absolute symlink targets are taken relative to the rootfs, `..` never climbs above it: the same rule
+    run.py applies to mount targets. Returns None for a dangling link or a loop.
+    """
+    parts = [p for p in path.split("/") if p and p != "."]
+    done = []
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        host = os.path.join(root, *done, part)
+        if os.path.islink(host):
+            limit -= 1
+            if limit < 0:
+                return None
+            target = os.readlink(host)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        done.append(part)
+    result = os.path.join(root, *done)
+    return result if os.path.lexists(result) else None
+
+
+def binfmt_entry(arch):
+    """(registered, enabled, flags, interpreter) of the qemu-user binfmt_misc entry for `arch`."""
+    qemu = ARCHES[arch][3]
+    path = f"/proc/sys/fs/binfmt_misc/qemu-{qemu}"
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return (False, False, "", "")
+    enabled = bool(lines) and lines[0].strip() == "enabled"
+    flags = interp = ""
+    for line in lines:
+        if line.startswith("flags:"):
+            flags = line.split(":", 1)[1].strip()
+        elif line.startswith("interpreter "):
+            interp = line.split(" ", 1)[1].strip()
+    try:
+        with open("/proc/sys/fs/binfmt_misc/status") as f:
+            enabled = enabled and f.read().strip() == "enabled"
+    except OSError:
+        enabled = False
+    return (True, enabled, flags, interp)
+
+
+def read_marker(root):
+    """The key=value pairs of ROOT/.pirun-rootfs ({} when absent)."""
+    info = {}
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    info[key] = value
+    except OSError:
+        pass
+    return info
+
+
+def build_command(arch, dest):
+    """The command that builds a busybox rootfs for `arch` at `dest` (for error messages)."""
+    arch_arg = "host" if arch == os.uname().machine else arch
+    return f"cd {REPO} && python3 -m runtime.rootfs --arch {arch_arg} --dest {dest}"
+
+
+# ---------------------------------------------------------------- the busybox recipe
+
+def _run(argv, what, fix=None, cwd=None, timeout=300):
+    try:
+        proc = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except FileNotFoundError:
+        raise RootfsError(f"{what}: {argv[0]} not found", fix=fix) from None
+    except subprocess.TimeoutExpired:
+        raise RootfsError(f"{what}: {argv[0]} did not finish within {timeout} s", fix=fix) from None
+    except OSError as e:
+        raise RootfsError(f"{what}: {argv[0]}: {e.strerror}", fix=fix) from None
+    return proc
+
+
+def _last_line(text):
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("W: ")]
+    return lines[-1] if lines else "(no output)"
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_cache():
+    """REPO/.cache/debs when writable (gitignored), else $XDG_CACHE_HOME/pirun/debs."""
+    repo_cache = os.path.join(REPO, ".cache")
+    if os.access(repo_cache if os.path.isdir(repo_cache) else REPO, os.W_OK):
+        return os.path.join(repo_cache, "debs")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pirun", "debs")
+
+
+def _dpkg_arches():
+    native = _run(["dpkg", "--print-architecture"], "dpkg --print-architecture",
+                  fix="this builder needs Debian's dpkg; elsewhere pass --deb PATH or --alpine")
+    foreign = _run(["dpkg", "--print-foreign-architectures"], "dpkg --print-foreign-architectures")
+    return {native.stdout.strip()} | set(foreign.stdout.split())
+
+
+def fetch_deb(arch, cache):
+    """Path of busybox-static_*_DEBARCH.deb: from the cache when its SHA256 matches apt's lists, else downloaded
+    with `apt-get download`. When apt cannot answer (no lists, no network) a cached .deb is used."""
+    debarch = ARCHES[arch][0]
+    pkg = f"busybox-static:{debarch}"
+    if debarch not in _dpkg_arches():
+        raise RootfsError(f"apt-get download {pkg}: {debarch} is not a dpkg architecture of this host",
+                          fix=f"dpkg --add-architecture {debarch} && apt-get update (as root; "
+                              f"or pass --deb PATH to a downloaded busybox-static_*_{debarch}.deb)")
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError as e:
+        raise RootfsError(f"cache directory {cache}: {e.strerror}", fix="pass --cache DIR (a writable directory)")
+    cached = sorted((f for f in os.listdir(cache)
+                     if f.startswith("busybox-static_") and f.endswith(f"_{debarch}.deb")),
+                    key=lambda f: os.stat(os.path.join(cache, f)).st_mtime)
+    uris = _run(["apt-get", "download", "--print-uris", pkg], f"apt-get download {pkg}",
+                fix="this builder needs Debian's apt; elsewhere pass --deb PATH")
+    name = sha = None
+    if uris.returncode == 0:
+        for line in uris.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[1].endswith(".deb") and fields[3].startswith("SHA256:"):
+                name, sha = fields[1], fields[3][7:].lower()
+    if name is None:
+        if cached:
+            path = os.path.join(cache, cached[-1])
+            print(f"rootfs: warning: apt has no candidate for {pkg} ({_last_line(uris.stderr)}); "
+                  f"using the cached {path}", file=sys.stderr)
+            return path
+        raise RootfsError(f"apt-get download {pkg}: {_last_line(uris.stderr)}",
+                          fix=f"apt-get update (as root; dpkg --add-architecture {debarch} first if needed), "
+                              f"or pass --deb PATH")
+    path = os.path.join(cache, name)
+    if os.path.isfile(path) and _sha256(path) == sha:
+        return path
+    got = _run(["apt-get", "download", pkg], f"apt-get download {pkg}", cwd=cache)
+    if got.returncode != 0 or not os.path.isfile(path):
+        if cached:
+            fallback = os.path.join(cache, cached[-1])
+            print(f"rootfs: warning: apt-get download {pkg} failed ({_last_line(got.stderr)}); "
+                  f"using the cached {fallback}", file=sys.stderr)
+            return fallback
+        raise RootfsError(f"apt-get download {pkg}: {_last_line(got.stderr)}",
+                          fix="check the apt sources (apt-get update), or pass --deb PATH")
+    if _sha256(path) != sha:
+        os.unlink(path)
+        raise RootfsError(f"apt-get download {pkg}: {name} does not match the SHA256 in apt's lists",
+                          fix="apt-get update and retry")
+    return path
+
+
+def check_deb(deb, arch):
+    """(version) of a busybox-static .deb after checking its package name and architecture."""
+    if not os.path.isfile(deb):
+        raise RootfsError(f"--deb {deb}: no such file", fix="pass the path of a busybox-static_*.deb")
+    info = _run(["dpkg-deb", "-f", deb, "Package", "Version", "Architecture"], f"dpkg-deb -f {deb}",
+                fix="apt-get install dpkg")
+    if info.returncode != 0:
+        raise RootfsError(f"dpkg-deb -f {deb}: {_last_line(info.stderr)}", fix="pass a valid .deb file")
+    fields = {}
+    for line in info.stdout.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    debarch = ARCHES[arch][0]
+    if fields.get("Package") != "busybox-static":
+        raise RootfsError(f"--deb {deb}: package is {fields.get('Package')!r}, not busybox-static",
+                          fix=f"apt-get download busybox-static:{debarch}")
+    if fields.get("Architecture") != debarch:
+        raise RootfsError(f"--deb {deb}: architecture {fields.get('Architecture')}, not {debarch}",
+                          fix=f"apt-get download busybox-static:{debarch}")
+    return fields.get("Version", "")
+
+
+def busybox_banner(path):
+    """'BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1)' read from the binary itself (any architecture)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    at = data.find(b"BusyBox v")
+    if at < 0:
+        return None
+    end = data.find(b")", at, at + 200)
+    stop = data.find(b"\0", at, at + 200)
+    if end < 0 or (0 <= stop < end):
+        end = data.find(b" ", at + 9, at + 200) - 1
+    return data[at:end + 1].decode("ascii", "replace")
+
+
+def applet_list(busybox, arch):
+    """`busybox --list-full` lines and how they were obtained."""
+    host = os.uname().machine
+    attempts = []
+    if arch == host or binfmt_entry(arch)[1]:
+        attempts.append(([busybox, "--list-full"], "native" if arch == host else "binfmt_misc"))
+    qemu = shutil.which(f"qemu-{ARCHES[arch][3]}-static") or shutil.which(f"qemu-{ARCHES[arch][3]}")
+    if arch != host and qemu:
+        attempts.append(([qemu, busybox, "--list-full"], os.path.basename(qemu)))
+    errors = []
+    for argv, how in attempts:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors.append(f"{how}: {e}")
+            continue
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.split(), how
+        errors.append(f"{how}: exit {proc.returncode} {_last_line(proc.stderr)}")
+    host_bb = shutil.which("busybox")
+    if host_bb:
+        host_bb = os.path.realpath(host_bb)
+    if host_bb and busybox_banner(host_bb) == busybox_banner(busybox):
+        proc = subprocess.run([host_bb, "--list-full"], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.split(), f"host {host_bb} (same version)"
+    detail = "; ".join(errors) or f"cannot run {arch} binaries here and no host busybox of the same version"
+    raise RootfsError(f"busybox --list-full ({arch}): {detail}",
+                      fix="apt-get install qemu-user-static binfmt-support (or apt-get install busybox-static "
+                          "for the host's applet list)")
+
+
+def _mkdirs(root):
+    for rel, mode in DIRS:
+        path = os.path.join(root, rel)
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+            continue            # Alpine and usrmerged trees have their own layout: keep it
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, mode)
+    run_link = os.path.join(root, "var", "run")
+    if not os.path.lexists(run_link):
+        os.symlink("../run", run_link)
+
+
+def _write(root, rel, text, mode=0o644):
+    path = os.path.join(root, rel)
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def _mount_targets(root):
+    """Empty regular files where run.py bind-mounts generated ones (a symlink there would be resolved at mount
+    time, so it is replaced by a plain file)."""
+    for rel in MOUNT_TARGETS:
+        path = os.path.join(root, rel)
+        if os.path.isfile(path) and not os.path.islink(path):
+            continue
+        _write(root, rel, "")
+
+
+def build_busybox(tmp, arch, deb):
+    version = check_deb(deb, arch)
+    unpack = os.path.join(tmp, ".unpack")
+    got = _run(["dpkg-deb", "-x", deb, unpack], f"dpkg-deb -x {deb}", fix="apt-get install dpkg")
+    if got.returncode != 0:
+        raise RootfsError(f"dpkg-deb -x {deb}: {_last_line(got.stderr)}", fix="pass a valid .deb file")
+    src = os.path.join(unpack, "bin", "busybox")
+    if elf_arch(src) != arch:
+        raise RootfsError(f"{deb}: bin/busybox is {elf_arch(src) or 'not an ELF executable'}, not {arch}",
+                          fix=f"apt-get download busybox-static:{ARCHES[arch][0]}")
+    _mkdirs(tmp)
+    busybox = os.path.join(tmp, "bin", "busybox")
+    shutil.copyfile(src, busybox)
+    os.chmod(busybox, 0o755)
+    shutil.rmtree(unpack)
+
+    applets, how = applet_list(busybox, arch)
+    count = 0
+    for entry in applets:
+        parts = entry.split("/")
+        parent = "/".join(parts[:-1])
+        if parent not in APPLET_DIRS or not parts[-1] or parts[-1] in (".", "..") or entry == "bin/busybox":
+            continue            # e.g. `linuxrc`: not a command
+        link = os.path.join(tmp, entry)
+        if os.path.lexists(link):
+            continue
+        os.symlink(os.path.relpath("bin/busybox", parent), link)
+        count += 1
+    if not os.path.islink(os.path.join(tmp, "bin", "sh")):
+        raise RootfsError(f"busybox --list-full ({how}) has no bin/sh", fix="use Debian's busybox-static")
+
+    banner = busybox_banner(busybox) or f"BusyBox {version}"
+    bb_version = banner.split()[1].lstrip("v") if len(banner.split()) > 1 else version
+    _write(tmp, "etc/passwd", PASSWD)
+    _write(tmp, "etc/group", GROUP)
+    _write(tmp, "etc/shells", "/bin/sh\n/bin/ash\n")
+    _write(tmp, "etc/os-release",
+           'NAME="pirun busybox rootfs"\n'
+           "ID=pirun-busybox\n"
+           f'VERSION_ID="{bb_version}"\n'
+           f'VERSION="BusyBox {bb_version} (Debian busybox-static {version}, {arch})"\n'
+           f'PRETTY_NAME="pirun busybox rootfs (BusyBox {bb_version}, {arch})"\n'
+           f"BUSYBOX_VERSION={bb_version}\n"
+           f"PIRUN_ARCH={arch}\n")
+    _mount_targets(tmp)
+    _write(tmp, MARKER, f"arch={arch}\nkind=busybox\nbusybox={bb_version}\n"
+                        f"source=busybox-static {version} {ARCHES[arch][0]}\nsha256={_sha256(deb)}\n"
+                        f"applets={count}\napplet_list={how}\n")
+    return f"BusyBox {bb_version}, {count} applets (list: {how})"
+
+
+# ---------------------------------------------------------------- the Alpine minirootfs option
+
+def _safe_members(tar, tarball):
+    """Check every member before anything is written: relative names without `..`, no duplicates, only
+    files, directories, symlinks and hard links (no device nodes, fifos), nothing below a symlink member, hard
+    links only to other members; setuid/setgid bits are dropped (the tree is owned by a host user)."""
+    members = tar.getmembers()
+    names = {}
+    symlinks = set()
+    for m in members:
+        name = m.name
+        while name.startswith("./"):
+            name = name[2:]
+        name = name.rstrip("/")
+        if name in ("", "."):
+            continue
+        if name.startswith("/") or ".." in name.split("/") or "" in name.split("/") or "\0" in name:
+            raise RootfsError(f"{tarball}: unsafe member {m.name!r} (absolute or with '..')",
+                              fix="use an official Alpine minirootfs tarball")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise RootfsError(f"{tarball}: member {m.name!r} is a device node, fifo or other special file",
+                              fix="use an official Alpine minirootfs tarball")
+        if name in names:
+            raise RootfsError(f"{tarball}: member {m.name!r} appears twice",
+                              fix="use an official Alpine minirootfs tarball")
+        names[name] = m
+        if m.issym():
+            symlinks.add(name)
+    result = []
+    for name, m in names.items():
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in symlinks:
+                raise RootfsError(f"{tarball}: member {m.name!r} lies below the symlink {'/'.join(parts[:i])!r}",
+                                  fix="use an official Alpine minirootfs tarball")
+        if m.islnk():
+            target = m.linkname
+            while target.startswith("./"):
+                target = target[2:]
+            if target not in names or not names[target].isreg():
+                raise RootfsError(f"{tarball}: hard link {m.name!r} points to {m.linkname!r}, not a file member",
+                                  fix="use an official Alpine minirootfs tarball")
+            m.linkname = target
+        m.name = name
+        m.mode &= 0o1777
+        result.append(m)
+    return result
+
+
+def build_alpine(tmp, tarball, sha256, arch):
+    if not os.path.isfile(tarball):
+        raise RootfsError(f"--alpine {tarball}: no such file", fix="download the minirootfs tarball first")
+    got = _sha256(tarball)
+    if got != sha256.lower():
+        raise RootfsError(f"--alpine {tarball}: sha256 is {got}, expected {sha256.lower()}",
+                          fix="download the tarball again and compare with its .sha256 from the Alpine mirror")
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            members = _safe_members(tar, tarball)
+            kwargs = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+            tar.extractall(tmp, members=members, numeric_owner=True, **kwargs)  # members checked above
+    except tarfile.TarError as e:
+        raise RootfsError(f"--alpine {tarball}: {e}", fix="pass a .tar.gz minirootfs") from None
+    shell = resolve_in_root(tmp, "/bin/sh")
+    found = elf_arch(shell) if shell else None
+    if found is None:
+        raise RootfsError(f"--alpine {tarball}: no ELF /bin/sh inside", fix="pass an Alpine minirootfs tarball")
+    if arch and found != arch:
+        raise RootfsError(f"--alpine {tarball}: /bin/sh is {found}, not {arch}",
+                          fix=f"download the {arch} minirootfs, or drop --arch")
+    _mkdirs(tmp)
+    _mount_targets(tmp)
+    release = ""
+    try:
+        with open(os.path.join(tmp, "etc", "alpine-release")) as f:
+            release = f.read().strip()
+    except OSError:
+        pass
+    _write(tmp, MARKER, f"arch={found}\nkind=alpine\nalpine={release}\n"
+                        f"source={os.path.basename(tarball)}\nsha256={got}\n")
+    return f"Alpine {release or '(unknown release)'}"
+
+
+# ---------------------------------------------------------------- atomic placement
+
+def check_dest(dest, force):
+    """Refuse to clobber anything but an earlier pirun rootfs (and that only with --force)."""
+    if os.path.islink(dest):
+        raise RootfsError(f"--dest {dest}: is a symlink", fix="pass the directory it points to")
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise RootfsError(f"--dest {dest}: exists and is not a directory", fix="remove it or pick another --dest")
+    if not os.path.isdir(dest):
+        return
+    entries = set(os.listdir(dest))
+    if entries <= set(KEEP):
+        return
+    if MARKER in entries:
+        if force:
+            return
+        info = read_marker(dest)
+        raise RootfsError(f"--dest {dest}: already holds a pirun rootfs (arch={info.get('arch', '?')})",
+                          fix="add --force to rebuild it (containers using it must be stopped first)")
+    raise RootfsError(f"--dest {dest}: not empty and not a pirun rootfs (no {MARKER})",
+                      fix=f"remove it (rm -rf {dest}) or pick another --dest")
+
+
+def place(tmp, dest):
+    """Rename the finished tree to DEST. An existing DEST is swapped out with two renames while SIGINT, SIGTERM
+    and SIGHUP are blocked, then removed; its README.md was copied into the new tree before. On success the
+    signals stay blocked: the build is complete and the process is about to exit, so a late Ctrl-C must
+    neither leave the old tree behind nor report a finished build as interrupted."""
+    for keep in KEEP:
+        src = os.path.join(dest, keep)
+        if os.path.isfile(src) and not os.path.islink(src):
+            shutil.copy2(src, os.path.join(tmp, keep))
+    os.chmod(tmp, 0o755)
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        if not os.path.lexists(dest):
+            os.rename(tmp, dest)
+            return
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=os.path.dirname(dest))
+        try:
+            os.rename(dest, old)    # replaces the empty directory made by mkdtemp
+        except OSError:
+            os.rmdir(old)
+            raise
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            os.rename(old, dest)
+            raise
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- command line
+
+USAGE = """\
+usage: python3 -m runtime.rootfs --arch aarch64|x86_64|host --dest DIR [--deb PATH] [--cache DIR] [--force]
+       python3 -m runtime.rootfs --dest DIR --alpine TARBALL --sha256 HEX [--arch ARCH] [--force]
+Builds a busybox rootfs from Debian's busybox-static (offline: apt's archive or --deb) or unpacks a pinned
+Alpine minirootfs. DIR/.pirun-rootfs records the architecture."""
+
+
+def parse(argv):
+    opts = {"arch": None, "dest": None, "deb": None, "alpine": None, "sha256": None, "cache": None,
+            "force": False}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            return None
+        if arg == "--force":
+            opts["force"] = True
+            continue
+        key, eq, value = arg.partition("=")
+        if not key.startswith("--") or key[2:] not in opts or key == "--force":
+            raise RootfsError(f"unknown option {arg!r}", fix="see python3 -m runtime.rootfs --help")
+        if not eq:
+            if not args:
+                raise RootfsError(f"option {key} needs a value", fix="see python3 -m runtime.rootfs --help")
+            value = args.pop(0)
+        opts[key[2:]] = value
+    if not opts["dest"]:
+        raise RootfsError("--dest DIR is required", fix="e.g. --dest rootfs_arm")
+    if opts["alpine"]:
+        if opts["deb"]:
+            raise RootfsError("--deb and --alpine exclude each other", fix="pick one recipe")
+        sha = opts["sha256"] or ""
+        if len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha):
+            raise RootfsError("--alpine needs --sha256 with the tarball's 64-digit hex SHA256",
+                              fix="take it from the .sha256 file next to the tarball on the Alpine mirror")
+    elif opts["sha256"]:
+        raise RootfsError("--sha256 only applies to --alpine", fix="drop --sha256")
+    elif not opts["arch"]:
+        raise RootfsError("--arch is required", fix="--arch aarch64 (Raspberry Pi), or --arch host")
+    if opts["arch"]:
+        opts["arch"] = normalize_arch(opts["arch"])
+    return opts
+
+
+def build(opts):
+    dest = os.path.abspath(opts["dest"])
+    check_dest(dest, opts["force"])
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise RootfsError(f"--dest {dest}: parent directory {parent} does not exist", fix=f"mkdir -p {parent}")
+    if not opts["alpine"]:          # fetch before creating anything next to DEST
+        deb = opts["deb"] or fetch_deb(opts["arch"], opts["cache"] or default_cache())
+    tmp = None
+    try:
+        try:
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
+        except OSError as e:
+            raise RootfsError(f"--dest {dest}: cannot create a directory in {parent}: {e.strerror}",
+                              fix="pick a --dest in a writable directory") from None
+        if opts["alpine"]:
+            what = build_alpine(tmp, opts["alpine"], opts["sha256"], opts["arch"])
+        else:
+            what = build_busybox(tmp, opts["arch"], deb)
+        arch = read_marker(tmp)["arch"]
+        place(tmp, dest)
+    finally:
+        if tmp and os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return f"rootfs: built {dest} ({arch}; {what})"
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        opts = parse(argv)
+        if opts is None:
+            print(USAGE)
+            return 0
+        print(build(opts))
+        return 0
+    except PirunError as e:
+        print(f"rootfs: error: {e.line()}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rootfs: error: {where}{e.strerror or e}; fix: check the permissions and free space there",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rootfs: interrupted (SIGINT); nothing was left behind", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Interrupted as e:
+        print(f"rootfs: interrupted ({e}); nothing was left behind", file=sys.stderr)
+        return 128 + signal.Signals[str(e)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
