@@ -102,6 +102,16 @@ class Init:
                 os.close(self.root_fd)
                 self.root = ""
                 self.root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            case S.Sysctl(name=name, value=value):
+                path = "/proc/sys/" + name.replace(".", "/")
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, value.encode())
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    raise SetupError(f"sysctl {name}={value}: {e.strerror}") from None
             case S.MaskPaths(paths=paths):
                 for p in paths:
                     self._mask(p)
@@ -232,6 +242,9 @@ def _preload(spec):
 
 
 def _seccomp_module():
+    import sys
+    if "runtime.seccomp" in sys.modules:    # imported by _preload: after pivot_root __file__ is out of reach
+        return sys.modules["runtime.seccomp"]
     if not os.path.exists(os.path.join(os.path.dirname(__file__), "seccomp.py")):
         return None                     # the default filter is not part of this version yet
     from runtime import seccomp

@@ -51,6 +51,11 @@ class PivotRoot(Record):
     __slots__ = ()
 
 
+class Sysctl(Record):
+    """Write a sysctl of the container's own namespaces (before /proc/sys is made read-only)."""
+    __slots__ = ("name", "value")
+
+
 class MaskPaths(Record):
     __slots__ = ("paths",)
 
@@ -79,6 +84,12 @@ def plan(spec, backend):
         WriteEtc(name="hosts", content=backend.hosts(spec.hostname)),
         WriteEtc(name="resolv.conf", content=backend.resolv_conf()),
         PivotRoot(),
+    ]
+    if backend.unshare_net:
+        # As podman's default_sysctls: root in the container may ping with ICMP datagram sockets, without
+        # NET_RAW. The sysctl is per network namespace: the host's setting is untouched.
+        steps.append(Sysctl(name="net.ipv4.ping_group_range", value="0 0"))
+    steps += [
         MaskPaths(paths=MASKED_PATHS),
         ReadOnlyPaths(paths=READONLY_PATHS),
     ]

@@ -15,7 +15,7 @@ def test_order():
                   backend_for(NetSpec(mode="none")))
     kinds = [type(s).__name__ for s in plan]
     assert kinds == ["MakeRslave", "BindRootfs", "MountProc", "MountDev", "MountSys", "BindVolume", "WriteEtc",
-                     "WriteEtc", "WriteEtc", "PivotRoot", "MaskPaths", "ReadOnlyPaths", "RemountRootReadOnly",
+                     "WriteEtc", "WriteEtc", "PivotRoot", "Sysctl", "MaskPaths", "ReadOnlyPaths", "RemountRootReadOnly",
                      "SetHostname", "LoopbackUp"]
 
 

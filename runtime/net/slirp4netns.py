@@ -1,0 +1,229 @@
+"""--net slirp4netns (the default): user-mode networking through slirp4netns, as podman runs it.
+
+    slirp4netns --configure --mtu=65520 --disable-host-loopback --enable-sandbox --enable-seccomp
+                --ready-fd=R --exit-fd=E [--api-socket PATH] PID tap0
+
+* Each optional flag is used only if `slirp4netns --help` lists it; the help text is cached per user, keyed by
+  the binary's path, mtime, size and inode (runtime.net._helper.probe_help), so a start spawns slirp4netns once.
+* start() returns when slirp4netns writes to the ready fd: tap0 is 10.0.2.100/24, default route via 10.0.2.2,
+  MTU 65520, lo up (all done by --configure). One blocking poll(2) on the fd, no polling loop, no sleeps.
+* Lifetime: P keeps the write end of the exit-fd pipe (close-on-exec, created after I was forked, so neither I
+  nor the container holds a copy). When P exits or is SIGKILLed the kernel closes it, slirp4netns sees POLLHUP
+  and exits. stop() closes it and SIGKILLs slirp4netns without waiting for the kernel to finish its exit
+  (the tap teardown takes ~20 ms in exit_group: see _helper.end).
+* Published ports: the host side is checked in prepare() (free, local, allowed); after ready each spec is one
+  add_hostfwd request on the API socket (json imported only then). The socket and its private directory are
+  removed as soon as the ports are set up: nothing is left on disk even if P is SIGKILLed later.
+* MTU: 65520 (8x the throughput of 1500, rootlesskit's figures). PIRUN_SLIRP4NETNS_MTU overrides it (for the
+  benchmark's MTU-1500 row).
+"""
+import os
+
+from runtime.errors import NetworkError
+from runtime.net import NetBackend, host_search_domains
+from runtime.net import _helper
+
+TOOL = "slirp4netns"
+MTU = 65520
+GUEST_ADDR = "10.0.2.100"
+GATEWAY = "10.0.2.2"
+DNS = "10.0.2.3"
+IFNAME = "tap0"
+
+
+def _sandbox_ok():
+    """--enable-sandbox pivots into a tmpfs that keeps only /etc and /run: it fails when /etc/resolv.conf is a
+    symlink to elsewhere (slirp4netns #315). Drop the flag then rather than fail the container."""
+    try:
+        real = os.path.realpath("/etc/resolv.conf")
+    except OSError:
+        return True
+    return real.startswith(("/etc/", "/run/", "/var/run/"))
+
+
+class Slirp4netnsBackend(NetBackend):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._path = None
+        self._flags = ()
+        self._pid = None
+        self._exit_w = None
+        self._log = None
+        self._dir = None
+        self._reported = False
+        self._pidfd = None
+
+    # -- before fork -------------------------------------------------------------------------------------
+    def prepare(self):
+        path = _helper.find_binary(TOOL)
+        if path is None:
+            raise NetworkError(f"{TOOL}: not found on PATH", fix="apt-get install slirp4netns, or use --net none")
+        _helper.check_tun()
+        help_text = _helper.probe_help(path, TOOL)
+        if "--ready-fd" not in help_text or "--exit-fd" not in help_text:
+            raise NetworkError(f"{TOOL} at {path} has no --ready-fd/--exit-fd (too old)",
+                               fix="install slirp4netns >= 0.4, or use --net pasta")
+        mtu = os.environ.get("PIRUN_SLIRP4NETNS_MTU")
+        if mtu is not None and not (mtu.isdigit() and 576 <= int(mtu) <= 65521):
+            raise NetworkError(f"PIRUN_SLIRP4NETNS_MTU={mtu!r}: not an MTU", fix="use 576 to 65521, or unset it")
+        self._path = path
+        self._flags = tuple(f for f in ("--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
+                                        "--api-socket") if f in help_text)
+        if self.spec.publish:
+            if "--api-socket" not in self._flags:
+                raise NetworkError(f"-p needs {TOOL} with --api-socket (>= 0.3)", fix="use --net pasta")
+            _helper.check_ports(self.spec.publish, TOOL, ipv4_only=True)
+
+    def argv(self, pid, ready_fd, exit_fd, api_socket=None):
+        mtu = os.environ.get("PIRUN_SLIRP4NETNS_MTU") or str(MTU)
+        args = [self._path, "--configure", f"--mtu={mtu}"]
+        if not self.spec.allow_host_loopback and "--disable-host-loopback" in self._flags:
+            args.append("--disable-host-loopback")
+        if "--enable-sandbox" in self._flags and _sandbox_ok():
+            args.append("--enable-sandbox")
+        if "--enable-seccomp" in self._flags:
+            args.append("--enable-seccomp")
+        args += [f"--ready-fd={ready_fd}", f"--exit-fd={exit_fd}"]
+        if api_socket:
+            args += ["--api-socket", api_socket]
+        args += [str(pid), IFNAME]
+        return args
+
+    def resolv_conf(self):
+        text = f"nameserver {DNS}\n"
+        domains = host_search_domains()
+        if domains:
+            text += "search " + " ".join(domains) + "\n"
+        return text
+
+    def hosts(self, hostname):
+        text = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"{GUEST_ADDR}\t{hostname}\n")
+        if self.spec.allow_host_loopback:
+            text += f"{GATEWAY}\thost.containers.internal\n"
+        return text
+
+    # -- after I has its namespaces ------------------------------------------------------------------------
+    def start(self, pid):
+        if self._path is None:
+            self.prepare()
+        api = None
+        if self.spec.publish:
+            self._dir = _helper.private_run_dir("slirp")
+            api = self._dir + "/api.sock"
+        ready_r, ready_w = os.pipe()
+        exit_r, self._exit_w = os.pipe()
+        self._log = _helper.log_fd()
+        try:
+            try:
+                self._pid = _helper.spawn(self.argv(pid, ready_w, exit_r, api), pass_fds=(ready_w, exit_r),
+                                          stderr=self._log)
+            finally:
+                os.close(ready_w)
+                os.close(exit_r)
+            got = _helper.wait_ready(ready_r)
+        except BaseException:
+            os.close(ready_r)
+            self._stop(wait=True)
+            raise
+        os.close(ready_r)
+        if got != b"1":
+            why = self._failure()
+            self._stop(wait=True)
+            if got is None:
+                raise NetworkError(f"{TOOL}: network not ready after {_helper.READY_TIMEOUT:g} s",
+                                   fix="check the host's load; see `run.py --check`")
+            raise NetworkError(f"{TOOL} for PID {pid}: {why}")
+        if self.spec.publish:
+            try:
+                for p in self.spec.publish:
+                    self._add_hostfwd(api, p)
+            except BaseException:
+                self._stop(wait=True)
+                raise
+            _helper.remove_tree(self._dir)   # the API is not needed any more: leave nothing on disk
+            self._dir = None
+
+    def _failure(self):
+        status = _helper.reap(self._pid, 0.5)
+        self._pid = None
+        log = _helper.read_log(self._log)
+        return f"{_helper.describe_status(status)}" + (f": {log}" if log else "")
+
+    def _add_hostfwd(self, api, p):
+        import json
+        import _socket
+        req = json.dumps({"execute": "add_hostfwd",
+                          "arguments": {"proto": p.proto, "host_addr": p.host_ip or "0.0.0.0",
+                                        "host_port": p.host_port, "guest_port": p.container_port}})
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            s.settimeout(_helper.READY_TIMEOUT)
+            s.connect(api)
+            s.sendall(req.encode())      # slirp4netns reads a request with one read(2): send it whole
+            s.shutdown(_socket.SHUT_WR)
+            chunks = []
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                chunks.append(b)
+        except OSError as e:
+            raise NetworkError(f"-p {_helper.port_label(p)}: {TOOL} API {api}: {e.strerror or e}") from None
+        finally:
+            s.close()
+        try:
+            reply = json.loads(b"".join(chunks) or b"{}")
+        except ValueError:
+            reply = {}
+        if "return" not in reply:
+            desc = (reply.get("error") or {}).get("desc") or "no reply"
+            desc = desc.replace("bad request: add_hostfwd: ", "")
+            raise NetworkError(f"-p {_helper.port_label(p)}: {TOOL} cannot listen on {p.host_ip or '0.0.0.0'}:"
+                               f"{p.host_port} ({desc})",
+                               fix="the host port was probably taken meanwhile; choose another one")
+
+    # -- while running, and at the end ---------------------------------------------------------------------
+    def watch_fds(self):
+        """A pidfd of the helper: readable when it exits, so the launcher can call poll() at once."""
+        if self._pidfd is None and self._pid is not None:
+            try:
+                self._pidfd = os.pidfd_open(self._pid)
+            except OSError:
+                return ()
+        return (self._pidfd,) if self._pidfd is not None else ()
+
+    def poll(self):
+        if self._pid is None or self._reported:
+            return None
+        status = _helper.exited(self._pid)
+        if status is None:
+            return None
+        self._reported = True
+        self._pid = None
+        log = _helper.read_log(self._log) if self._log is not None else ""
+        return (f"{TOOL} {_helper.describe_status(status if status != -1 else None)}: the container has no "
+                f"network any more" + (f" ({log})" if log else ""))
+
+    def stop(self):
+        self._stop(wait=False)
+
+    def _stop(self, wait):
+        if self._exit_w is not None:
+            os.close(self._exit_w)          # what P's death does too: slirp4netns sees POLLHUP and exits
+            self._exit_w = None
+        if self._pid is not None:
+            if wait:                        # failure paths: leave not even a zombie
+                _helper.reap(self._pid, 0)
+            else:                           # certain death, without waiting for the tap teardown
+                _helper.end(self._pid)
+            self._pid = None
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._dir is not None:
+            _helper.remove_tree(self._dir)
+            self._dir = None
