@@ -228,7 +228,7 @@ def _close_inherited_fds(keep):
     """Only stdin, stdout and stderr reach the command: close what the caller (or Python) left open above them.
     `keep` (the sync channel) is close-on-exec."""
     os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 16)
+    os.closerange(keep + 1, 0x7FFFFFFF)     # one close_range(2); fds above 65535 exist (hard limit 524288)
 
 
 def _preload(spec):

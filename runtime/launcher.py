@@ -133,6 +133,8 @@ class Launcher:
 
         fields, _ = parent.expect(sync.CHILD, "create the namespaces")
         self.c_pid = int(fields[0])
+        if self.cgroup is not None:
+            self.cgroup.release(pid)
         self._check_pending()
         self.backend.start(pid)                     # concurrent with C's mounts
         _, fds = parent.expect(sync.SETUP, "set up the container")

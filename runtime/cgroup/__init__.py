@@ -6,6 +6,8 @@
                           limits; raise CgroupError naming the controller and the fix
     mgr.add(pid)          P: move process I into the leaf after it has unshared its user namespace and before
                           it unshares its cgroup namespace (the command is never unconfined)
+    mgr.release(pid)      P, once I has forked PID 1 in the leaf: move I back out (only the container's
+                          processes count against its limits and face its OOM killer)
     mgr.result(status)    P, after exit: the OOM line when the kernel's OOM killer ended the container, or None
     mgr.stats()           --stats: one line read from the leaf (call before remove())
     mgr.remove()          every exit path; idempotent; also cleans leaves of dead run.py instances
@@ -110,6 +112,12 @@ class CgroupManager:
         if self.state is not None and self.state.leaf:
             from runtime.cgroup.manager import add
             add(self.state, pid)
+
+    def release(self, pid):
+        """P, once I has forked the container's PID 1: move I out of the leaf (best effort)."""
+        if self.state is not None and self.state.leaf:
+            from runtime.cgroup.manager import release
+            release(self.state, pid)
 
     def result(self, status):
         if self.state is None or not self.state.leaf:

@@ -249,3 +249,21 @@ def clean_stale(fs, probe, base):
         path = f"{base}/{entry}"
         if fs.isdir(path):
             remove_leaf(fs, path, wait=0.5)
+
+
+def release(st, pid):
+    """Move process `pid` (I, which forked the container's PID 1 inside the leaf) back beside run.py, so that
+    only the container's own processes are in the leaf: counted by its pids.max, charged to its memory.max,
+    candidates of its OOM killer. Best effort: if the move fails, I just stays where it was."""
+    if not st.leaf:
+        return
+    target = st.run_leaf
+    if target is None:
+        v2, _ = discover.parse_proc_cgroup(st.probe.proc_cgroup("self"))
+        if v2 is None:
+            return
+        target = st.base.mount + v2.rstrip("/")
+    try:
+        st.fs.write(f"{target}/cgroup.procs", pid)
+    except CgroupError:
+        pass

@@ -541,6 +541,8 @@ def test_ssh_session_gets_a_transient_scope(tree):
     tree.make(os.path.relpath(f"{sp}/supervisor", tree.root), procs=(5000,))    # I, forked by run.py
     m.add(5000)                                                 # a plain write: the scope is ours
     assert tree.where(5000) == m.leaf
+    m.release(5000)                                              # I forked PID 1: only the container stays
+    assert tree.where(5000) == f"{sp}/supervisor"
     tree.move(5000, tree.root)                                   # the container ended
     m.remove()
     assert scope.stopped and not os.path.exists(m.leaf)
