@@ -36,10 +36,20 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
         if unshare_net:
             flags |= CLONE_NEWNET
         libc.unshare(flags)
+        # C must not speak on the channel before I has announced it (CHILD before SETUP): it waits for one
+        # byte on this pipe, which I writes after sending CHILD.
+        hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
+            os.close(hold_w)
+            if os.read(hold_r, 1) != b"G":       # EOF: I died before announcing us
+                os._exit(125)
+            os.close(hold_r)
             _container(spec, plan, chan)
+        os.close(hold_r)
         chan.send(sync.CHILD, pid)
+        os.write(hold_w, b"G")
+        os.close(hold_w)
     except BaseException as e:                   # noqa: BLE001 - reported to the launcher
         os._exit(chan.send_error(e))
     # From here on only C reads the channel; I only reports C's end.

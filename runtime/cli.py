@@ -136,6 +136,9 @@ def _split(argv):
 
 
 def _int(name, text, lo, hi):
+    if not (text.isascii() and text.lstrip("+-").isdigit() and len(text) <= 12):
+        raise SpecError(f"{name}: {text!r} is not a whole number" if not text.lstrip("+-").isdigit()
+                        else f"{name}: {text} is out of range ({lo} to {hi})")
     try:
         n = int(text, 10)
     except ValueError:
@@ -163,6 +166,7 @@ def _ip(name, text):
 
 def parse_publish(name, text):
     """[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp] -> PortSpec."""
+    _check_text(name, text)
     spec, _, proto = text.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
@@ -185,6 +189,7 @@ def parse_publish(name, text):
 
 
 def _volume(name, text, cwd):
+    _check_text(name, text)
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise SpecError(f"{name} {text}: expected HOST:CONTAINER[:ro|rw]")

@@ -35,17 +35,17 @@ def reset_signals():
             pass
 
 
-def remount_read_only(path, step):
+def remount_read_only(path, step, shown=None):
     """Read-only bind remount that keeps the flags the kernel locks in a user namespace."""
     flags = MS_REMOUNT | MS_BIND | MS_RDONLY
     try:
         f = os.statvfs(path).f_flag
     except OSError as e:
-        raise SetupError(f"{step} {path}: {e.strerror}") from None
+        raise SetupError(f"{step} {shown or path}: {e.strerror}") from None
     for st_flag, ms_flag in _ST_TO_MS:
         if f & st_flag:
             flags |= ms_flag
-    mount(None, path, None, flags, step=f"{step}: remount read-only")
+    mount(None, path, None, flags, step=f"{step}: remount read-only", shown=shown)
 
 
 class Init:
@@ -82,14 +82,14 @@ class Init:
             case S.BindVolume(host=host, target=target, read_only=ro):
                 fd = open_in_root(self.root_fd, target, f"volume {host}:{target}")
                 try:
-                    mount(host, fd_path(fd), None, MS_BIND | MS_REC, step=f"volume {host} on")
+                    mount(host, fd_path(fd), None, MS_BIND | MS_REC, step=f"volume {host} on", shown=target)
                 finally:
                     os.close(fd)
                 if ro:
                     # the old fd still names the directory under the new mount: look the target up again
                     fd = open_in_root(self.root_fd, target, f"volume {host}:{target}")
                     try:
-                        remount_read_only(fd_path(fd), f"volume {target}")
+                        remount_read_only(fd_path(fd), "volume", shown=target)
                     finally:
                         os.close(fd)
             case S.WriteEtc(name=name, content=content):
@@ -157,7 +157,7 @@ class Init:
     def _write_etc(self, name, content):
         """Write the file into our /dev tmpfs, bind it over /etc/<name>, unlink the source: nothing is written
         on disk and nothing is left behind, whatever happens to the container."""
-        fd = open_in_root(self.root_fd, f"/etc/{name}", f"/etc/{name}")
+        fd = open_in_root(self.root_fd, f"/etc/{name}", "bind generated file on")
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SetupError(f"/etc/{name} in the rootfs is not a regular file")
@@ -168,7 +168,7 @@ class Init:
             finally:
                 os.close(wfd)
             try:
-                mount(src, fd_path(fd), None, MS_BIND, step=f"bind generated /etc/{name} on")
+                mount(src, fd_path(fd), None, MS_BIND, step="bind generated file on", shown=f"/etc/{name}")
             finally:
                 os.unlink(src)
         finally:
@@ -238,23 +238,12 @@ def _preload(spec):
     if spec.tty:
         import termios  # noqa: F401
     if spec.seccomp:
-        _seccomp_module()
-
-
-def _seccomp_module():
-    import sys
-    if "runtime.seccomp" in sys.modules:    # imported by _preload: after pivot_root __file__ is out of reach
-        return sys.modules["runtime.seccomp"]
-    if not os.path.exists(os.path.join(os.path.dirname(__file__), "seccomp.py")):
-        return None                     # the default filter is not part of this version yet
-    from runtime import seccomp
-    return seccomp
+        from runtime import seccomp  # noqa: F401  (fails closed: no filter module, no container)
 
 
 def _seccomp():
-    seccomp = _seccomp_module()
-    if seccomp is not None:
-        seccomp.install()
+    import sys
+    sys.modules["runtime.seccomp"].install()     # imported by _preload, before pivot_root
 
 
 def _gid_mapped(gid):

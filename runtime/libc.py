@@ -92,10 +92,11 @@ def unshare(flags, fix=None):
     return check(lib.unshare(flags), "unshare", _flag_names(flags), fix)
 
 
-def mount(source, target, fstype, flags, data=None, step=None):
+def mount(source, target, fstype, flags, data=None, step=None, shown=None):
+    """mount(2); `shown` names the target in errors when `target` is a /proc/self/fd/N path."""
     lib = _load()
     ret = lib.mount(_b(source), _b(target), _b(fstype), flags, _b(data))
-    return check(ret, step or f"mount {fstype or source} on", target)
+    return check(ret, step or f"mount {fstype or source} on", shown or target)
 
 
 def umount2(target, flags, step="umount"):

@@ -25,14 +25,17 @@ def parse_size(text, option=None):
     whole, dot, frac = number.partition(".")
     if (unit not in _UNITS or not (whole or frac) or "." in frac
             or (dot and not frac) or not (whole + frac).isdigit() or not (whole + frac).isascii()):
-        raise SpecError(_where(option) + f"invalid size {text!r}: expected a number with an optional unit "
+        raise SpecError(_where(option) + f"invalid size {str(text)[:40]!r}: expected a number with an optional unit "
                         "k, m, g or t (1k = 1024 bytes), e.g. 512m or 1.5G")
+    if len(whole.lstrip("0")) > 19:           # past any size a host has; also keeps int() within its digit limit
+        raise SpecError(_where(option) + f"invalid size {str(text)[:40]!r}: too large (at most {_MAX} bytes)")
+    frac = frac[:30]                          # finer than a byte at any unit
     mult = _UNITS[unit]
     value = int(whole or "0") * mult
     if frac:
         value += int(frac) * mult // 10 ** len(frac)
     if value > _MAX:
-        raise SpecError(_where(option) + f"invalid size {text!r}: too large (at most {_MAX} bytes)")
+        raise SpecError(_where(option) + f"invalid size {str(text)[:40]!r}: too large (at most {_MAX} bytes)")
     return value
 
 

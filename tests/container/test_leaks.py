@@ -41,22 +41,14 @@ def test_kill_9_of_run_py_ends_the_container(rootfs):
 
 
 def test_setup_failure_leaves_nothing(rootfs):
+    from stress.stress_helpers import living_descendants, subreaper
     mounts = mount_table()
-    before = set(os.listdir("/proc"))
-    r = run(["-w", "/no/such", "true"])
-    assert r.returncode == 125
+    with subreaper():                    # whatever run.py leaves behind is re-parented to this test
+        r = run(["-w", "/no/such", "true"])
+        assert r.returncode == 125
+        time.sleep(0.05)
+        assert living_descendants() == []
     assert mount_table() == mounts
-    time.sleep(0.05)
-    new = [p for p in set(os.listdir("/proc")) - before if p.isdigit() and alive(int(p))]
-    leftovers = []
-    for p in new:
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if b"run.py" in f.read():
-                    leftovers.append(p)
-        except OSError:
-            pass
-    assert leftovers == []
 
 
 def test_callers_extra_fds_do_not_reach_the_command(rootfs):
