@@ -28,7 +28,9 @@ def open_in_root(root_fd, path, step):
             try:
                 fd = os.open(comp, _O_PATH, dir_fd=stack[-1])
             except OSError as e:
-                raise SetupError(f"{step}: {path}: {e.strerror} in the rootfs") from None
+                err = SetupError(f"{step} {path}: {e.strerror} in the rootfs")
+                err.errno = e.errno
+                raise err from None
             st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode):
                 try:
@@ -37,7 +39,7 @@ def open_in_root(root_fd, path, step):
                     os.close(fd)
                 links += 1
                 if links > _MAX_LINKS:
-                    raise SetupError(f"{step}: {path}: too many levels of symbolic links in the rootfs")
+                    raise SetupError(f"{step} {path}: too many levels of symbolic links in the rootfs")
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
@@ -45,7 +47,7 @@ def open_in_root(root_fd, path, step):
                 continue
             if parts and not stat.S_ISDIR(st.st_mode):
                 os.close(fd)
-                raise SetupError(f"{step}: {path}: a component is not a directory in the rootfs")
+                raise SetupError(f"{step} {path}: a component is not a directory in the rootfs")
             stack.append(fd)
         return stack.pop()
     finally:
@@ -69,3 +71,23 @@ def require_real_dir(root, name, step):
     if not stat.S_ISDIR(st.st_mode):
         raise SetupError(f"{step}: /{name} in the rootfs is not a directory (a symlink is refused)")
     return path
+
+
+def open_link_in_root(root_fd, path, step):
+    """O_PATH fd of `path`'s last component itself when it is a symlink (its directory resolved inside the
+    rootfs), or None. A dangling /etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf, as in Debian
+    images, is mounted over rather than followed: the rootfs is not edited and nothing leaves it."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name or name in (".", ".."):
+        return None
+    dfd = open_in_root(root_fd, parent or "/", step)
+    try:
+        fd = os.open(name, _O_PATH, dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    if stat.S_ISLNK(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None

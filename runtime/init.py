@@ -4,13 +4,14 @@ Applies the planned steps (mounts, pivot_root, hostname, lo), reports SETUP, wai
 terminal set up), drops capabilities, sets no_new_privs and execs the command, or with --init forks it and
 stays as a reaper. Every failure is sent back to the launcher as a typed error and C exits.
 """
+import errno
 import os
 import stat
 import _signal
 
 from runtime import libc, steps as S, sync
 from runtime.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ExecError, SetupError
-from runtime.fs import fd_path, open_in_root, require_real_dir
+from runtime.fs import fd_path, open_in_root, open_link_in_root, require_real_dir
 from runtime.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
                           MS_SLAVE, MS_STRICTATIME, mount)
 
@@ -157,9 +158,16 @@ class Init:
     def _write_etc(self, name, content):
         """Write the file into our /dev tmpfs, bind it over /etc/<name>, unlink the source: nothing is written
         on disk and nothing is left behind, whatever happens to the container."""
-        fd = open_in_root(self.root_fd, f"/etc/{name}", "bind generated file on")
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            fd = open_in_root(self.root_fd, f"/etc/{name}", "bind generated file on")
+        except SetupError as e:
+            if getattr(e, "errno", None) != errno.ENOENT:
+                raise
+            fd = open_link_in_root(self.root_fd, f"/etc/{name}", "bind generated file on")
+            if fd is None:
+                raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise SetupError(f"/etc/{name} in the rootfs is not a regular file")
             src = f"{self.root}/dev/.pirun-{name}"
             wfd = os.open(src, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o644)

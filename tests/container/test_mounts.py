@@ -135,3 +135,23 @@ def test_read_only_rootfs(rootfs):
 def test_sys_is_read_only_and_has_no_host_cgroups(rootfs):
     r = run(["/bin/sh", "-c", "touch /sys/x 2>&1; ls /sys"])
     assert "Read-only file system" in r.stdout
+
+
+def test_dangling_resolv_conf_symlink_is_mounted_over(rootfs, shared_tmp):
+    """Debian images link /etc/resolv.conf to ../run/systemd/resolve/stub-resolv.conf, absent in a container:
+    the generated file is mounted over the link itself; the rootfs keeps its link."""
+    import shutil
+    import subprocess
+    copy = shared_tmp / "rootfs"
+    subprocess.run(["cp", "-a", str(rootfs), str(copy)], check=True)
+    resolv = copy / "etc" / "resolv.conf"
+    resolv.unlink()
+    os.symlink("../run/systemd/resolve/stub-resolv.conf", resolv)
+    _name, uid, gid, _home = container_user()
+    os.lchown(resolv, uid, gid)
+    r = run(["/bin/sh", "-c", "cat /etc/resolv.conf; echo end"], rootfs=copy, net="none")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("end\n")
+    assert os.readlink(resolv) == "../run/systemd/resolve/stub-resolv.conf"
+    assert not (copy / "run" / "systemd").exists()
+    shutil.rmtree(copy)
