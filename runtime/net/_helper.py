@@ -358,3 +358,58 @@ def check_ports(publish, tool, ipv4_only=False):
     finally:
         for s in held:
             s.close()
+
+
+from runtime.net import NetBackend  # noqa: E402  (runtime.net does not import this module)
+
+
+class HelperBackend(NetBackend):
+    """A backend served by a helper process that the launcher started (slirp4netns, pasta): watching it,
+    reporting its death once, and ending it."""
+    TOOL = None
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._path = None
+        self._pid = None
+        self._log = None
+        self._reported = False
+        self._pidfd = None
+
+    def watch_fds(self):
+        """A pidfd of the helper: readable when it exits, so the launcher can call poll() at once."""
+        if self._pidfd is None and self._pid is not None:
+            try:
+                self._pidfd = os.pidfd_open(self._pid)
+            except OSError:
+                return ()
+        return (self._pidfd,) if self._pidfd is not None else ()
+
+    def poll(self):
+        if self._pid is None or self._reported:
+            return None
+        status = exited(self._pid)
+        if status is None:
+            return None
+        self._reported = True
+        self._pid = None
+        log = read_log(self._log) if self._log is not None else ""
+        return (f"{self.TOOL} {describe_status(status if status != -1 else None)}: the container has no "
+                f"network any more" + (f" ({log})" if log else ""))
+
+    def stop(self):
+        self._stop(wait=False)
+
+    def _stop(self, wait):
+        if self._pid is not None:
+            if wait:                        # failure paths: leave not even a zombie
+                reap(self._pid, 0)
+            else:                           # certain death, without waiting for the tap teardown
+                end(self._pid)
+            self._pid = None
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None

@@ -41,17 +41,14 @@ def _sandbox_ok():
     return real.startswith(("/etc/", "/run/", "/var/run/"))
 
 
-class Slirp4netnsBackend(NetBackend):
+class Slirp4netnsBackend(_helper.HelperBackend):
+    TOOL = TOOL
+
     def __init__(self, spec):
         super().__init__(spec)
-        self._path = None
         self._flags = ()
-        self._pid = None
         self._exit_w = None
-        self._log = None
         self._dir = None
-        self._reported = False
-        self._pidfd = None
 
     # -- before fork -------------------------------------------------------------------------------------
     def prepare(self):
@@ -184,46 +181,11 @@ class Slirp4netnsBackend(NetBackend):
                                fix="the host port was probably taken meanwhile; choose another one")
 
     # -- while running, and at the end ---------------------------------------------------------------------
-    def watch_fds(self):
-        """A pidfd of the helper: readable when it exits, so the launcher can call poll() at once."""
-        if self._pidfd is None and self._pid is not None:
-            try:
-                self._pidfd = os.pidfd_open(self._pid)
-            except OSError:
-                return ()
-        return (self._pidfd,) if self._pidfd is not None else ()
-
-    def poll(self):
-        if self._pid is None or self._reported:
-            return None
-        status = _helper.exited(self._pid)
-        if status is None:
-            return None
-        self._reported = True
-        self._pid = None
-        log = _helper.read_log(self._log) if self._log is not None else ""
-        return (f"{TOOL} {_helper.describe_status(status if status != -1 else None)}: the container has no "
-                f"network any more" + (f" ({log})" if log else ""))
-
-    def stop(self):
-        self._stop(wait=False)
-
     def _stop(self, wait):
         if self._exit_w is not None:
             os.close(self._exit_w)          # what P's death does too: slirp4netns sees POLLHUP and exits
             self._exit_w = None
-        if self._pid is not None:
-            if wait:                        # failure paths: leave not even a zombie
-                _helper.reap(self._pid, 0)
-            else:                           # certain death, without waiting for the tap teardown
-                _helper.end(self._pid)
-            self._pid = None
-        if self._log is not None:
-            os.close(self._log)
-            self._log = None
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        super()._stop(wait)
         if self._dir is not None:
             _helper.remove_tree(self._dir)
             self._dir = None
