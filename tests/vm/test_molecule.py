@@ -1,0 +1,109 @@
+"""The Ansible roles on real (emulated) Debian 12 VMs: `molecule test -s SCENARIO` from the repository root.
+
+default: create (image built by debootstrap and cached, qemu TCG boot), converge (site.yml), idempotence (second
+converge: changed=0), verify (as the container user: run.py --check, hostname/PID 1/uid 0, published port, OOM
+kill, pids limit, the cgroup acceptance of molecule/shared/verify_cgroup.yml, no leftovers), destroy.
+rpi: the same VM dressed up as a Raspberry Pi (fake device tree model and /boot/firmware/cmdline.txt): the
+cmdline edit, its idempotence and exactly one reboot by the handler.
+PIRUN_MOLECULE_SCENARIOS picks the scenarios (default: "default rpi"; "arm64" runs the arm64 VM, ~2.5x slower).
+Each molecule log streams to .cache/molecule-SCENARIO.log (directory: PIRUN_MOLECULE_LOG_DIR); a failure shows
+its tail. A missing prerequisite is a failure that names it, never a skip.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+SCENARIOS = os.environ.get("PIRUN_MOLECULE_SCENARIOS", "default rpi").split()
+LOG_DIR = Path(os.environ.get("PIRUN_MOLECULE_LOG_DIR", REPO / ".cache"))
+# Cold image build (~1.5 min) + boot + converge + idempotence + verify + destroy is ~10 min on an idle machine
+# (amd64 TCG); arm64 is ~2.5x slower.
+TIMEOUT = int(os.environ.get("PIRUN_MOLECULE_TIMEOUT", "2400"))
+
+# Host tools the scenario needs, and the Debian package that brings each (scripts/apt-packages.txt).
+HOST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "apt-ftparchive": "apt-utils",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "flock": "util-linux",
+}
+ARM64_TOOLS = {"qemu-system-aarch64": "qemu-system-arm", "qemu-aarch64-static": "qemu-user-static"}
+VIRTIO_NET_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
+
+
+def fail_missing(what, fix):
+    pytest.fail(f"prerequisite missing: {what}; fix: {fix}", pytrace=False)
+
+
+def check_prerequisites(scenario):
+    if os.geteuid() != 0:
+        fail_missing("root", "run the VM tests as root (debootstrap and chroot build the image)")
+    for tool in ("molecule", "ansible-playbook", "ansible-lint"):
+        if not (VENV_BIN / tool).exists():
+            fail_missing(f".venv/bin/{tool}", "run scripts/setup (installs requirements-dev.txt into .venv)")
+    path = f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin"
+    tools = dict(HOST_TOOLS)
+    if scenario == "arm64":
+        tools.update(ARM64_TOOLS)
+    for tool, package in tools.items():
+        if shutil.which(tool, path=path) is None:
+            fail_missing(f"{tool} (Debian package {package})", "run scripts/setup (scripts/apt-packages.txt)")
+    if scenario != "arm64" and not VIRTIO_NET_ROM.exists():
+        fail_missing(f"{VIRTIO_NET_ROM} (Debian package ipxe-qemu)", "run scripts/setup")
+    return path
+
+
+def tail(path, lines=80):
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text[-lines:])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario):
+    if not (REPO / "molecule" / scenario / "molecule.yml").exists():
+        pytest.fail(f"no molecule scenario {scenario!r} (molecule/{scenario}/molecule.yml)", pytrace=False)
+    path = check_prerequisites(scenario)
+    log_path = LOG_DIR / f"molecule-{scenario}.log"
+    env = dict(os.environ, PATH=path, ANSIBLE_NOCOLOR="1", PY_COLORS="0", NO_COLOR="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(VENV_BIN / "molecule"), "test", "-s", scenario]
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        log.write(f"$ cd {REPO} && {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # molecule was cut short before its own destroy: stop the VM it may have left running.
+            subprocess.run([str(VENV_BIN / "molecule"), "destroy", "-s", scenario], cwd=REPO, env=env,
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+            pytest.fail(f"molecule test -s {scenario} did not finish within {TIMEOUT} s; log {log_path}:\n"
+                        f"{tail(log_path)}", pytrace=False)
+    elapsed = time.monotonic() - started
+    with open(log_path, "a") as log:
+        log.write(f"\nmolecule test -s {scenario}: exit {rc} after {elapsed:.0f} s\n")
+    assert rc == 0, f"molecule test -s {scenario} exited {rc} after {elapsed:.0f} s; log {log_path}, its end:\n{tail(log_path)}"
+    print(f"molecule test -s {scenario}: {elapsed:.0f} s (log {log_path})")
