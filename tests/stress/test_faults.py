@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN, ROOTFS, container_user, missing, run, start, user_env, user_kwargs
+from conftest import REPO, RUN, ROOTFS, container_user, missing, run, start, user_env, user_kwargs
 from stress_helpers import Snapshot, comm, subreaper, wait_no_descendants
 
 KILLS = 100
@@ -188,10 +188,18 @@ def test_run_py_writes_no_state_files(rootfs):
     assert unexpected == [], f"run.py wrote outside the container's own tmpfs: {unexpected}"
 
 
+_NS_REPO, _NS_ROOTFS = "/run/pirun-fault/repo", "/run/pirun-fault/rootfs"
+# run.py and the rootfs as seen from the private mount namespace: bound under /run first, since the checkout
+# itself may live under one of the directories the tests cover (CI may clone into /tmp).
+_NS_ARGV = [f"{_NS_REPO}/runtime/run.py", "--net", "none", "--rootfs", _NS_ROOTFS, "/bin/sh", "-c", "'echo ok'"]
+
+
 def _private_ns_run(setup, argv):
     """Run `setup` (shell, as root) then run.py as the test user, in a private mount namespace of our own."""
     name, uid, _gid, home = container_user()
-    script = (f"set -e; {setup}; exec runuser -u {name} -- env -i PATH=/usr/bin:/bin HOME={home} "
+    keep = (f"mkdir -p {_NS_REPO} {_NS_ROOTFS}; mount --bind {REPO} {_NS_REPO}; "
+            f"mount --bind {ROOTFS} {_NS_ROOTFS}")
+    script = (f"set -e; {keep}; {setup}; exec runuser -u {name} -- env -i PATH=/usr/bin:/bin HOME={home} "
               f"TMPDIR=/tmp XDG_RUNTIME_DIR=/run/user/{uid} " + " ".join(argv))
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=60)
@@ -201,7 +209,7 @@ def test_read_only_temp_and_home_dirs_do_not_matter(rootfs):
     _n, uid, _g, home = container_user()
     dirs = ["/tmp", "/var/tmp", "/dev/shm", home, f"/run/user/{uid}"]
     setup = "; ".join(f"mkdir -p {d}; mount -t tmpfs -o ro,size=64k tmpfs {d}" for d in dirs)
-    r = _private_ns_run(setup, [str(RUN), "--net", "none", "--rootfs", str(ROOTFS), "/bin/sh", "-c", "'echo ok'"])
+    r = _private_ns_run(setup, _NS_ARGV)
     assert r.returncode == 0 and r.stdout == "ok\n", (r.returncode, r.stderr)
 
 
@@ -210,8 +218,7 @@ def test_full_temp_and_home_dirs_do_not_matter(rootfs):
     dirs = ["/tmp", "/var/tmp", "/dev/shm", home, f"/run/user/{uid}"]
     setup = "; ".join(f"mkdir -p {d}; mount -t tmpfs -o size=64k,mode=1777 tmpfs {d}; "
                       f"(dd if=/dev/zero of={d}/fill bs=4k 2>/dev/null || true)" for d in dirs)
-    r = _private_ns_run(setup + "; df -k /tmp | tail -1 | awk '{exit ($4 != 0)}'",
-                        [str(RUN), "--net", "none", "--rootfs", str(ROOTFS), "/bin/sh", "-c", "'echo ok'"])
+    r = _private_ns_run(setup + "; df -k /tmp | tail -1 | awk '{exit ($4 != 0)}'", _NS_ARGV)
     assert r.returncode == 0 and r.stdout == "ok\n", (r.returncode, r.stderr)
 
 
