@@ -247,11 +247,8 @@ def systemd_booted():
 
 
 def common_ancestor(a, b):
-    pa, pb = a.rstrip("/").split("/"), b.rstrip("/").split("/")
-    n = 0
-    while n < min(len(pa), len(pb)) and pa[n] == pb[n]:
-        n += 1
-    return "/".join(pa[:n]) or "/"
+    from runtime.cgroup.discover import common_ancestor as ancestor
+    return ancestor(a, b)
 
 
 def raspberry_pi_model():
