@@ -55,6 +55,15 @@ def open_in_root(root_fd, path, step):
             os.close(fd)
 
 
+def write_file(path, text):
+    """One write to an existing file (uid_map, a sysctl): no create, no truncate. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def fd_path(fd):
     return f"/proc/self/fd/{fd}"
 

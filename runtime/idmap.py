@@ -70,12 +70,9 @@ def _run(tool, pid, args):
 
 
 def _write(path, text):
+    from runtime.fs import write_file
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+        write_file(path, text)
     except OSError as e:
         raise IdMapError(f"write {path}: {e.strerror}",
                          fix="allow unprivileged user namespaces (the pirun_prereqs role; see run.py --check)")

@@ -11,7 +11,7 @@ import _signal
 
 from runtime import libc, steps as S, sync
 from runtime.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ExecError, SetupError
-from runtime.fs import fd_path, open_in_root, open_link_in_root, require_real_dir
+from runtime.fs import fd_path, open_in_root, open_link_in_root, require_real_dir, write_file
 from runtime.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
                           MS_SLAVE, MS_STRICTATIME, mount)
 
@@ -106,11 +106,7 @@ class Init:
             case S.Sysctl(name=name, value=value):
                 path = "/proc/sys/" + name.replace(".", "/")
                 try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                    try:
-                        os.write(fd, value.encode())
-                    finally:
-                        os.close(fd)
+                    write_file(path, value)
                 except OSError as e:
                     raise SetupError(f"sysctl {name}={value}: {e.strerror}") from None
             case S.MaskPaths(paths=paths):

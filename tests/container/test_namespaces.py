@@ -68,3 +68,31 @@ def test_workdir(rootfs):
     r = run(["-w", "/no/such/dir", "pwd"])
     assert r.returncode == 125
     assert "workdir /no/such/dir" in r.stderr
+
+
+def test_without_subordinate_ids_a_single_mapping_with_one_warning(rootfs):
+    """A user with no /etc/subuid range still gets a container: itself as root, nothing else, one warning line."""
+    import pwd
+    import subprocess
+    import pytest
+    from conftest import run_args
+    if os.getuid() != 0:
+        pytest.fail("this test needs pytest to run as root, to create a user without subordinate IDs (CI does)",
+                    pytrace=False)
+    name = "pirun-nosubid"
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["useradd", "--no-create-home", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name],
+                   check=True)
+    try:
+        pw = pwd.getpwnam(name)
+        r = subprocess.run(run_args(["/bin/sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map"]),
+                           capture_output=True, text=True, cwd="/", timeout=60, user=pw.pw_uid, group=pw.pw_gid,
+                           extra_groups=[], env={"PATH": "/usr/bin:/bin", "HOME": "/"})
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0] == "0"
+    assert [tuple(int(x) for x in line.split()) for line in lines[1:3]] == [(0, pw.pw_uid, 1), (0, pw.pw_gid, 1)]
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("run.py: warning: no /etc/subuid range for")
+    assert "usermod --add-subuids" in r.stderr
