@@ -89,11 +89,25 @@ _OPTIONS = {
     "-h": ("help", False), "--help": ("help", False),
     "--version": ("version", False),
 }
-_REPEATABLE = {"env", "volume", "cap_add", "cap_drop", "publish", "security_opt"}
+# `pirun run` only: podman's container options that make no sense for the stateless run.py.
+_RUN_OPTIONS = {
+    "-d": ("detach", False), "--detach": ("detach", False),
+    "--name": ("name", True),
+    "--rm": ("remove", False),
+    "--platform": ("platform", True),
+    "--pull": ("pull", True),
+    "-u": ("user", True), "--user": ("user", True),
+    "--entrypoint": ("entrypoint", True),
+    "--log-driver": ("log_driver", True),
+    "--log-opt": ("log_opt", True),
+}
+_PIRUN_OPTIONS = {**_OPTIONS, **_RUN_OPTIONS}
+_REPEATABLE = {"env", "volume", "cap_add", "cap_drop", "publish", "security_opt", "log_opt"}
 
 
-def _split(argv):
+def _split(argv, table=_OPTIONS):
     """Return ({key: value or [values]}, command argv)."""
+    _OPTIONS = table                  # noqa: N806 - the option table of run.py or of `pirun run`
     opts = {}
     i = 0
     while i < len(argv):
@@ -289,10 +303,13 @@ def _env(opts, hostname, tty, environ):
     return tuple(env.items())
 
 
-def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None):
-    """Return (action, payload): ("run", Spec) | ("check", None) | ("help", text) | ("version", text)."""
+def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None, pirun=False):
+    """Return (action, payload): ("run", (Spec, HostConfig)) | ("check", rootfs) | ("help", text) |
+    ("version", text). With pirun=True (`pirun run`), the run payload is (Spec, HostConfig, RunOptions): the
+    first word after the options is the IMAGE unless --rootfs is given, and Spec.rootfs is "" until the image
+    is resolved (runtime.cmd.run)."""
     environ = os.environ if environ is None else environ
-    opts, command = _split(list(argv))
+    opts, command = _split(list(argv), _PIRUN_OPTIONS if pirun else _OPTIONS)
     if "help" in opts:
         return "help", HELP
     if "version" in opts:
@@ -352,11 +369,18 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None):
     net = NetSpec(mode=mode, publish=tuple(parse_publish(n, v) for n, v in opts.get("publish", [])),
                   allow_host_loopback="allow_host_loopback" in opts)
 
-    if "rootfs" in opts:
+    image = None
+    if pirun and "rootfs" not in opts:
+        if not command:
+            raise SpecError("pirun run needs an IMAGE or --rootfs DIR", fix="pirun run [OPTIONS] IMAGE [COMMAND...]")
+        image, command = command[0], command[1:]
+        rootfs = ""
+    elif "rootfs" in opts:
         rootfs = os.path.realpath(os.path.join(cwd, opts["rootfs"][1]))
     else:
         rootfs = hostconfig.default_rootfs(_repo_dir(), cfg)
-    hostconfig.require_rootfs(_repo_dir(), rootfs)
+    if rootfs:
+        hostconfig.require_rootfs(_repo_dir(), rootfs)
 
     allow_root = "allow_root" in opts
     if os.getuid() == 0 and not allow_root:
@@ -364,7 +388,7 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None):
                         fix="run as the container user (e.g. runuser -u pirun -- run.py ...) or pass --allow-root")
 
     spec = Spec(
-        argv=tuple(command) or ("/bin/sh",),
+        argv=tuple(command) or (() if image is not None else ("/bin/sh",)),
         rootfs=rootfs,
         hostname=hostname,
         env=_env(opts, hostname, tty, environ),
@@ -379,7 +403,22 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None):
         seccomp=seccomp,
         allow_root=allow_root,
     )
+    if pirun:
+        return "run", (spec, cfg, _run_options(opts, image))
     return "run", (spec, cfg)
+
+
+def _run_options(opts, image):
+    """The `pirun run` options beyond run.py's (checked here; applied by runtime.cmd.run)."""
+    from runtime.spec import RunOptions
+    values = {"image": image, "detach": "detach" in opts, "remove": "remove" in opts,
+              "explicit": frozenset(k for k in ("workdir", "env", "user", "entrypoint") if k in opts)}
+    for key in ("name", "platform", "pull", "user", "entrypoint", "log_driver"):
+        if key in opts:
+            _check_text(opts[key][0], opts[key][1])
+            values[key] = opts[key][1]
+    values["log_opts"] = tuple(v for _, v in opts.get("log_opt", []))
+    return RunOptions(**values)
 
 
 def _repo_dir():

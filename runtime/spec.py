@@ -95,3 +95,13 @@ class Spec(Record):
     _defaults = {"hostname": "myhost", "env": (), "workdir": "/", "read_only": False, "volumes": (),
                  "init": False, "tty": False, "net": NetSpec(), "limits": Limits(), "seccomp": True,
                  "allow_root": False}
+
+
+class RunOptions(Record):
+    """What `pirun run` adds to a Spec: the image and the container's lifecycle. None/False: not given.
+    `explicit` names the options the user gave that an image's config would otherwise decide
+    (workdir, env, user, entrypoint)."""
+    __slots__ = ("image", "detach", "name", "remove", "platform", "pull", "user", "entrypoint", "log_driver",
+                 "log_opts", "explicit")
+    _defaults = {"image": None, "detach": False, "name": None, "remove": False, "platform": None, "pull": None,
+                 "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset()}
