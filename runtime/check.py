@@ -1,72 +1,64 @@
-"""`run.py --check`: is this host ready to run rootless containers for the invoking user?
+"""`run.py --check`: can the invoking user run rootless containers on this host, and if not, what fixes it?
 
-One line per prerequisite, checked as the user who runs it (run it as the user who will run containers):
+Run it as the user who will run containers. One line per prerequisite, then a summary:
 
     ok|missing|warn  <item>  <detail>[; fix: role <ansible role>, or by hand: <exact command>]
 
 `ok` the prerequisite is there; `missing` it is not; `warn` it is there but degraded, or a nice-to-have is
-absent. Items marked `(optional)` do not count for the exit status. The last line sums up.
+absent. A `missing` item marked `(optional)` does not count. Exit status 0 when every required item is ok,
+else 1; bad arguments are one `check: error:` line and 125.
 
-What is checked, and whether it is required (exit status 0 only when every required item is ok, else 1;
-bad arguments raise SpecError, which run.py turns into its one-line error and 125):
+Every item asks the code a run uses, so that "check says ok" means "run.py works":
 
-  required  kernel.unprivileged_userns_clone = 1 (Debian kernels; only where the sysctl exists)
-  required  user.max_user_namespaces > 0
-  required  kernel.apparmor_restrict_unprivileged_userns = 0 (Ubuntu >= 23.10; only where it exists)
-  required  userns: a forked child really unshares CLONE_NEWUSER (catches seccomp, LSMs, nesting limits)
-  required  newuidmap, newgidmap: present, and setuid root or with cap_setuid / cap_setgid file capabilities
-            (security.capability xattr), not on a nosuid mount
-  required  subuid, subgid: ranges for the user (by name or uid); warn below 65536 ids
-  required  idmap: newuidmap/newgidmap really map 0 -> user and 1..N -> the ranges on that test namespace
-            (run.py would fall back to a single mapping, but images with other owners then break: podman
-            calls it "might break some images"; we want it fixed, not tolerated)
-  required  the default network helper: run.py's default --net is the config's `net`, else slirp4netns;
-            that helper must be present. The other helper is a warn item. With `net = none|host` neither is
-            required. (The issue's "slirp4netns or pasta": we require the one run.py will actually start, so
-            a host with only pasta passes once the config says `net = pasta`.)
-  required  /dev/net/tun: openable read-write by the user, and a tap device can be created in a user+net
-            namespace (what slirp4netns and pasta do); required together with the network helper
-  warn      net.ipv4.ping_group_range covers one of the user's groups (ping from inside; nothing else)
-  optional  cgroup2 (unified hierarchy at /sys/fs/cgroup) and cgroup controllers (memory, pids, cpu
-            delegated to the user, writable): resource limits are optional in pirun. A host without cgroup v2
-            runs containers without limits; asking for a limit there is an error (never a silent no-op). So
-            these items are reported as `missing` but do not fail the check, UNLESS the host config asks for
-            cgroups (`pids_limit` or `cgroup_base` set): then run.py applies limits by default and they are
-            required. On this hybrid-cgroup build machine (v1 memory, no systemd) the cgroup lines therefore
-            say `missing (optional)` and, by themselves, do not make the exit status non-zero.
-            Hosts provisioned by the roles get `pids_limit` from pirun_runtime, so there they are required.
-            On a host without systemd with `cgroup_base`, `cgroup placement` also checks that this session
-            may move containers into it (it runs inside the base, or may write the common ancestor).
-  warn      linger (systemd hosts only): without `loginctl enable-linger`, containers die at logout
-  required  rootfs: the default (config, else REPO/rootfs_arm on aarch64, else REPO/rootfs_host) or
-            --rootfs; present, readable, /bin/sh inside, its architecture runnable here: native, or a foreign
-            architecture through binfmt_misc with the F flag (the interpreter must be opened at registration,
-            since it cannot be found inside the container's rootfs); a busybox rootfs is really run.
-  required  config: /etc/pirun/pirun.conf (or $PIRUN_CONFIG) parses (absent is fine: defaults)
-  warn      user: running as root (the report then describes root, not the container user)
+  config      /etc/pirun/pirun.conf (or $PIRUN_CONFIG) parses (hostconfig.load); absent means defaults
+  user        who is checked (a warn when root: the report then describes root, not the container user)
+  sysctls     kernel.unprivileged_userns_clone = 1, user.max_user_namespaces > 0,
+              kernel.apparmor_restrict_unprivileged_userns = 0 (each only where the kernel has it)
+  userns      a forked child really unshares CLONE_NEWUSER (catches seccomp, LSMs, nesting limits)
+  newuidmap,  the binaries runtime/tools.py finds (the ones run.py executes): setuid root, or with the
+  newgidmap   cap_setuid / cap_setgid file capability, not on a nosuid mount
+  subuid,     the user's ranges as idmap.subid_ranges reads them (by name or uid); warn below 65536 ids
+  subgid
+  idmap       idmap.write_maps, run.py's own function, maps that child: ok when the user is 0 and 1..N map
+              onto the ranges; missing when run.py would fall back to mapping only the user (it runs, but
+              images with files of other owners break: we want that fixed, not tolerated)
+  slirp4netns the network helpers as the network backends find them (runtime/tools.py, the caller's $PATH
+  pasta       first). The default network (`net` in the config, else slirp4netns) is required; the other is
+              a warn; with `net = none` or `host` neither is required
+  /dev/net/tun  openable read-write, and a tap device can be created in a user+net namespace (what
+              slirp4netns and pasta do); required with a user-mode default network
+  net.ipv4.ping_group_range  covers one of the user's groups (ping from inside); a warn
+  cgroup2     the unified cgroup v2 hierarchy, read as the cgroup manager reads it (cgroup/discover.py)
+  cgroup controllers  the cgroup manager (runtime/cgroup) creates a test cgroup with --memory, --pids and
+              --cpus limits and moves a process into it, in a forked child, exactly as for a run, then
+              removes it; a warn when only --cpus/--cpu-weight fail. Resource limits are optional in pirun
+              (without a usable cgroup, containers run unlimited and asking for a limit is an error), so both
+              cgroup items are optional unless the host config asks for cgroups (`pids_limit` or
+              `cgroup_base`, as hosts provisioned by the pirun_runtime role do): then every run needs one.
+  linger      systemd hosts: without `loginctl enable-linger`, containers die at logout; a warn
+  rootfs      the default rootfs (config, else REPO/rootfs_arm on aarch64, else REPO/rootfs_host) or --rootfs:
+              present, readable, /bin/sh inside (resolved inside the rootfs, as run.py resolves paths) of an
+              architecture this host runs: natively, or through binfmt_misc with the F flag (the interpreter
+              must be opened at registration, it cannot be found inside the container); a busybox rootfs
+              is really run.
 
 Each fix names the Ansible role that fixes it (pirun_prereqs: packages, sysctls, subordinate ids, tun,
 linger; pirun_cgroup: cgroup v2, delegation; pirun_runtime: pirun itself, its config and rootfs) and the
-command that fixes it by hand. Not on the hot path: imports whatever it needs.
+command that fixes it by hand. Not on run.py's start-up path: imports whatever it needs.
 """
-import json
 import os
 import pwd
-import select
-import shutil
 import stat
 import subprocess
 import sys
 
-from runtime import hostconfig
+from runtime import arch, hostconfig, idmap, sync, tools
 from runtime import rootfs as rootfs_mod
 from runtime.errors import PirunError, SpecError
 
 OK, MISSING, WARN = "ok", "missing", "warn"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROC_SYS = "/proc/sys"
-CGROUP_ROOT = "/sys/fs/cgroup"
-WANTED_CONTROLLERS = ("memory", "pids", "cpu")
 NEEDED_CONTROLLERS = ("memory", "pids")       # without cpu: --cpus/--cpu-weight unavailable, a warn
 RECOMMENDED_IDS = 65536
 CAP_SETGID, CAP_SETUID = 6, 7
@@ -159,18 +151,6 @@ def parse_file_caps(data):
     return permitted, effective
 
 
-def subid_ranges(text, user, uid):
-    """[(start, count)] of `user` (name or uid) in the text of /etc/subuid or /etc/subgid."""
-    ranges = []
-    for line in (text or "").splitlines():
-        parts = line.strip().split(":")
-        if len(parts) != 3 or parts[0] not in (user, str(uid)):
-            continue
-        if parts[1].isdigit() and parts[2].isdigit() and int(parts[2]) > 0:
-            ranges.append((int(parts[1]), int(parts[2])))
-    return ranges
-
-
 def free_subid_start(text, minimum=100000):
     """The first id after every range in the file, at least `minimum`: a non-overlapping start."""
     end = minimum
@@ -190,166 +170,94 @@ def ping_range_covers(text, gids):
     return any(lo <= g <= hi for g in gids), lo, hi
 
 
-def cgroup_layout(mounts_text):
-    """('unified'|'hybrid'|'legacy'|'none', v1 controllers, cgroup2 mount point) from /proc/self/mounts."""
-    v1 = []
-    v2_at = None
-    root_type = None
-    for line in mounts_text.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point, fstype, options = fields[1], fields[2], fields[3].split(",")
-        if point == CGROUP_ROOT:
-            root_type = fstype          # the last mount on a point is the visible one
-        if fstype == "cgroup2" and (point == CGROUP_ROOT or point.startswith(CGROUP_ROOT + "/")):
-            if v2_at is None or point == CGROUP_ROOT:
-                v2_at = point
-        elif fstype == "cgroup" and point.startswith(CGROUP_ROOT + "/"):
-            v1 += [o for o in options if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec")
-                   and not o.startswith("name=") and "=" not in o]
-    if root_type == "cgroup2":
-        return "unified", sorted(set(v1)), CGROUP_ROOT
-    if v1 and v2_at:
-        return "hybrid", sorted(set(v1)), v2_at
-    if v1:
-        return "legacy", sorted(set(v1)), None
-    return "none", [], v2_at
-
-
-def own_cgroup(proc_cgroup_text):
-    """The process's cgroup v2 path ('0::/...') or None."""
-    for line in (proc_cgroup_text or "").splitlines():
-        if line.startswith("0::"):
-            return line[3:]
-    return None
-
-
-def delegated_base(own_path, uid, cfg_base=None):
-    """The cgroup directory run.py would put containers under: the config's cgroup_base, else the
-    user@UID.service subtree the process is in, else /sys/fs/cgroup/user.slice/user-UID.slice/user@UID.service."""
-    if cfg_base:
-        return cfg_base.rstrip("/"), "config cgroup_base"
-    service = f"user@{uid}.service"
-    if own_path:
-        parts = own_path.strip("/").split("/")
-        if service in parts:
-            return os.path.join(CGROUP_ROOT, *parts[:parts.index(service) + 1]), "own user@ subtree"
-    return os.path.join(CGROUP_ROOT, "user.slice", f"user-{uid}.slice", service), "systemd default"
-
-
-def writable(path):
-    return os.access(path, os.W_OK)
-
-
-def systemd_booted():
-    return os.path.isdir("/run/systemd/system")
-
-
-def common_ancestor(a, b):
-    from runtime.cgroup.discover import common_ancestor as ancestor
-    return ancestor(a, b)
-
-
-def raspberry_pi_model():
-    model = read_text("/proc/device-tree/model")
-    if model and "Raspberry Pi" in model:
-        return model.rstrip("\0")
-    return None
-
-
 # ---------------------------------------------------------------- the namespace probe (real, forked)
+# The child speaks the launcher's sync protocol: USERNS once it has unshared its user namespace, then it waits
+# for MAPPED while the parent runs idmap.write_maps on it, as the launcher does for process I. Then it reports
+# what it sees with the probe's own message kinds.
 
-def _send(fd, obj):
-    os.write(fd, (json.dumps(obj) + "\n").encode())
+P_FAILED = b"FAILED"      # <- step errno: a step of the child failed (userns, netns)
+P_MAPS = b"MAPS"          # <- uid_map gid_map: the maps as the child reads them
+P_NETNS = b"NETNS"        # <- the child unshared a network namespace
+P_TUN = b"TUN"            # <- errno at: creating a tap device (errno 0: it worked)
 
 
-def _probe_child(to_parent, from_parent):
-    """In the forked child: never returns; reports each step to the parent as one JSON line."""
+def _probe_child(chan):
+    """In the forked child: never returns."""
     code = 0
     try:
         from runtime import libc
         try:
             libc.unshare(libc.CLONE_NEWUSER)
         except PirunError as e:
-            _send(to_parent, {"step": "userns", "errno": getattr(e, "errno", 0) or 1})
+            chan.send(P_FAILED, "userns", getattr(e, "errno", 0) or 1)
             os._exit(1)
-        _send(to_parent, {"step": "userns", "errno": 0})
-        go = os.read(from_parent, 16)
-        if go != b"go":
-            os._exit(0)
-        _send(to_parent, {"step": "maps", "uid_map": read_text("/proc/self/uid_map") or "",
-                          "gid_map": read_text("/proc/self/gid_map") or ""})
+        chan.send(sync.USERNS)
+        chan.expect(sync.MAPPED, "wait for the ID maps")
+        chan.send(P_MAPS, read_text("/proc/self/uid_map") or "", read_text("/proc/self/gid_map") or "")
         try:
             libc.unshare(libc.CLONE_NEWNET)
-            _send(to_parent, {"step": "netns", "errno": 0})
         except PirunError as e:
-            _send(to_parent, {"step": "netns", "errno": getattr(e, "errno", 0) or 1})
+            chan.send(P_FAILED, "netns", getattr(e, "errno", 0) or 1)
             os._exit(0)
+        chan.send(P_NETNS)
         import fcntl
         import struct
-        step = "open"
+        at = "open"
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-            step = "TUNSETIFF"
+            at = "TUNSETIFF"
             fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", b"tap0", IFF_TAP | IFF_NO_PI))
             os.close(fd)
-            _send(to_parent, {"step": "tun", "errno": 0})
+            chan.send(P_TUN, 0, at)
         except OSError as e:
-            _send(to_parent, {"step": "tun", "errno": e.errno, "at": step})
-    except BaseException:
+            chan.send(P_TUN, e.errno, at)
+    except BaseException:               # noqa: BLE001 - the parent sees the channel close early
         code = 2
     os._exit(code)
 
 
-def _map_argv(tool, pid, own, ranges):
-    argv = [tool, str(pid), "0", str(own), "1"]
-    inside = 1
-    for start, count in ranges:
-        argv += [str(inside), str(start), str(count)]
-        inside += count
-    return argv
-
-
-def probe_namespaces(uid, gid, uid_ranges, gid_ranges, newuidmap, newgidmap, timeout=10.0):
-    """Fork a child that unshares a user namespace; map it with newuidmap/newgidmap (when there is something to
-    map); let it unshare a network namespace and create a tap device. Returns a dict of what happened."""
-    result = {"userns": None, "uidmap": None, "gidmap": None, "maps": None, "netns": None, "tun": None}
-    up_r, up_w = os.pipe()
-    down_r, down_w = os.pipe()
+def probe_namespaces(uid, gid, user, timeout=10.0):
+    """Fork a child that unshares a user namespace; map it with idmap.write_maps (run.py's function); let it
+    unshare a network namespace and create a tap device. Returns a dict of what happened:
+    userns/netns: errno (0: worked), idmap: None (full mapping), run.py's fallback warning, or an error line;
+    maps: (uid_map, gid_map) as the child read them; tun: (errno, step); timeout: True when the child hung."""
+    result = {}
+    parent, child = sync.Channel.pair()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        os.close(up_r)
-        os.close(down_w)
-        _probe_child(up_w, down_r)
-    os.close(up_w)
-    os.close(down_r)
-    buf = b""
+        parent.close()
+        _probe_child(child)
+    child.close()
+    parent.sock.settimeout(timeout)
     try:
-        with os.fdopen(up_r, "rb", buffering=0) as up:
-            while True:
-                ready, _, _ = select.select([up], [], [], timeout)
-                if not ready:
-                    result["timeout"] = True
-                    break
-                chunk = up.read(4096)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    msg = json.loads(line)
-                    step = msg.pop("step")
-                    result[step] = msg
-                    if step == "userns":
-                        if msg["errno"] == 0:
-                            result["uidmap"], result["gidmap"] = _write_maps(
-                                pid, uid, gid, uid_ranges, gid_ranges, newuidmap, newgidmap)
-                        os.write(down_w, b"go")
+        while True:
+            kind, fields, _ = parent.recv()
+            if kind is None:
+                break
+            if kind == sync.USERNS:
+                result["userns"] = 0
+                try:
+                    mapping = idmap.write_maps(pid, uid, gid, user)
+                    result["idmap"] = mapping.warning
+                except PirunError as e:
+                    result["idmap"] = e.line()
+                parent.send(sync.MAPPED)
+            elif kind == P_FAILED:
+                result[fields[0]] = int(fields[1])
+            elif kind == P_MAPS:
+                result["maps"] = (fields[0], fields[1])
+            elif kind == P_NETNS:
+                result["netns"] = 0
+            elif kind == P_TUN:
+                result["tun"] = (int(fields[0]), fields[1])
+    except TimeoutError:
+        result["timeout"] = True
+    except OSError:
+        pass                            # the child is gone: what it said is in result
     finally:
-        os.close(down_w)
+        parent.close()
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
@@ -358,25 +266,87 @@ def probe_namespaces(uid, gid, uid_ranges, gid_ranges, newuidmap, newgidmap, tim
     return result
 
 
-def _write_maps(pid, uid, gid, uid_ranges, gid_ranges, newuidmap, newgidmap):
-    """(uid outcome, gid outcome): None when not attempted, "" on success, else the tool's message."""
-    outcomes = []
-    for tool, own, ranges in ((newuidmap, uid, uid_ranges), (newgidmap, gid, gid_ranges)):
-        if not tool or not ranges:
-            outcomes.append(None)
-            continue
+# ---------------------------------------------------------------- the cgroup trial (real, forked)
+# The cgroup manager itself, in a forked child (a run moves run.py into a scope or a leaf of its own: the check
+# process stays where it is): create the test cgroup with limits, move a process in, remove it again.
+
+C_LEAF = b"LEAF"          # <- controllers leaf base available: create() and add() worked
+C_NOLEAF = b"NOLEAF"      # <- controllers message fix: the CgroupError (or other PirunError) a run would get
+
+
+def _trials():
+    from runtime.spec import Limits
+    mib = 1 << 20
+    return (("memory pids cpu", Limits(memory=64 * mib, pids=64, cpus=1.0)),
+            ("memory pids", Limits(memory=64 * mib, pids=64)))
+
+
+def _trial_child(chan, cfg, probe, fs):
+    from runtime.cgroup import CgroupManager
+    for names, limits in _trials():
+        mgr = CgroupManager(limits, cfg, True, probe=probe, fs=fs)
+        worker = hold_w = None
         try:
-            proc = subprocess.run(_map_argv(tool, pid, own, ranges), capture_output=True, text=True,
-                                  timeout=10, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-        except (OSError, subprocess.TimeoutExpired) as e:
-            outcomes.append(f"{tool}: {e}")
-            continue
-        if proc.returncode == 0:
-            outcomes.append("")
-        else:
-            err = proc.stderr.strip().splitlines()
-            outcomes.append(err[-1] if err else f"{os.path.basename(tool)} exited with {proc.returncode}")
-    return tuple(outcomes)
+            mgr.create()
+            hold_r, hold_w = os.pipe()
+            worker = os.fork()              # after create(), as the launcher forks process I
+            if worker == 0:
+                os.close(hold_w)
+                os.read(hold_r, 1)
+                os._exit(0)
+            os.close(hold_r)
+            mgr.add(worker)
+            base = mgr.state.base.path
+            available = " ".join((mgr.state.fs.read(f"{base}/cgroup.controllers") or "").split())
+            chan.send(C_LEAF, names, mgr.leaf, base, available)
+            return
+        except PirunError as e:
+            chan.send(C_NOLEAF, names, e.message, e.fix or "")
+        finally:
+            if worker is not None:
+                os.close(hold_w)
+                os.waitpid(worker, 0)
+            elif hold_w is not None:
+                os.close(hold_w)
+            mgr.remove()
+
+
+def cgroup_trial(cfg, probe=None, fs=None, timeout=30.0):
+    """[(controllers, leaf, base, available) | (controllers, None, message, fix)]: what the cgroup manager did
+    for each trial, in order, stopping at the first that worked; [] when the child did not report."""
+    out = []
+    parent, child = sync.Channel.pair()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        code = 0
+        try:
+            _trial_child(child, cfg, probe, fs)
+        except BaseException as e:      # noqa: BLE001 - reported to the parent
+            code = child.send_error(e)
+        os._exit(code)
+    child.close()
+    parent.sock.settimeout(timeout)
+    try:
+        while True:
+            kind, fields, _ = parent.recv()
+            if kind == C_LEAF:
+                out.append((fields[0], fields[1], fields[2], fields[3]))
+            elif kind == C_NOLEAF:
+                out.append((fields[0], None, fields[1], fields[2]))
+            elif kind == sync.ERROR:
+                e = sync.error_from_fields(fields)
+                out.append(("", None, e.message, e.fix or ""))
+            else:
+                break
+    except OSError:
+        pass
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    return out
 
 
 # ---------------------------------------------------------------- the checks
@@ -406,22 +376,13 @@ class Host:
             self.rootfs = os.path.abspath(rootfs)
         else:
             self.rootfs = hostconfig.default_rootfs(REPO, self.cfg)
-        self.subuid_text = read_text("/etc/subuid")
-        self.subgid_text = read_text("/etc/subgid")
-        self.uid_ranges = subid_ranges(self.subuid_text, self.user, self.uid)
-        self.gid_ranges = subid_ranges(self.subgid_text, self.user, self.uid)
-        self.newuidmap = find_tool("newuidmap")
-        self.newgidmap = find_tool("newgidmap")
-
-
-def find_tool(name):
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"):
-        if os.access(f"{d}/{name}", os.X_OK):
-            return f"{d}/{name}"
-    return None
+        # what idmap.write_maps reads and runs, through the same functions
+        self.subuid_text = read_text(idmap.SUBUID)
+        self.subgid_text = read_text(idmap.SUBGID)
+        self.uid_ranges = idmap.subid_ranges(idmap.SUBUID, self.user, self.uid)
+        self.gid_ranges = idmap.subid_ranges(idmap.SUBGID, self.user, self.uid)
+        self.newuidmap = tools.find("newuidmap")
+        self.newgidmap = tools.find("newgidmap")
 
 
 def check_config():
@@ -475,13 +436,12 @@ def check_userns_sysctls():
 
 
 def check_userns(probe, sysctl_items):
-    state = probe.get("userns")
-    if state and state["errno"] == 0:
+    err = probe.get("userns")
+    if err == 0:
         return Item(OK, "userns", "a forked child unshared CLONE_NEWUSER")
-    if state is None:
+    if err is None:
         return Item(MISSING, "userns", "the test child did not report (timeout or crash)",
                     fix=fix("pirun_prereqs", "run the check again; if it persists, unshare -U true shows why"))
-    err = state["errno"]
     blocked = [i.name for i in sysctl_items if i.status == MISSING]
     if blocked:
         how = fix("pirun_prereqs", f"see the {', '.join(blocked)} line(s)")
@@ -553,25 +513,28 @@ def check_subids(host):
     return items
 
 
-def check_idmap(host, probe):
-    userns_ok = bool(probe.get("userns")) and probe["userns"]["errno"] == 0
-    if not userns_ok:
-        return Item(MISSING, "idmap", "not tested: no user namespace (see userns)",
-                    fix="see the userns line")
-    uid_out, gid_out = probe.get("uidmap"), probe.get("gidmap")
-    if uid_out is None or gid_out is None:
-        return Item(MISSING, "idmap", "not tested: newuidmap/newgidmap or the subordinate ranges are missing "
-                    "(run.py falls back to mapping only the user)",
-                    fix="see the newuidmap, newgidmap, subuid and subgid lines")
-    if uid_out or gid_out:
-        msg = uid_out or gid_out
-        return Item(MISSING, "idmap", f"mapping the test namespace failed: {msg}",
-                    fix=fix("pirun_prereqs", "check the subuid/subgid ranges are this user's and do not overlap "
-                            "other users' (ranges in /etc/subuid must be owned by the user: newuidmap refuses "
-                            "others)"))
-    maps = probe.get("maps") or {}
-    uid_map = " / ".join(" ".join(line.split()) for line in maps.get("uid_map", "").splitlines())
-    return Item(OK, "idmap", f"newuidmap/newgidmap mapped a test namespace: uid_map {uid_map}")
+def check_idmap(host, probe, items):
+    """What idmap.write_maps did to the probe child: the full mapping, or run.py's fallback and its warning."""
+    if probe.get("userns") != 0:
+        return Item(MISSING, "idmap", "not tested: no user namespace (see userns)", fix="see the userns line")
+    if "idmap" not in probe:
+        return Item(MISSING, "idmap", "the test child did not report (timeout or crash)",
+                    fix=fix("pirun_prereqs", "run the check again"))
+    warning = probe["idmap"]
+    if warning is None:
+        uid_map = " / ".join(" ".join(line.split()) for line in (probe.get("maps") or ("", ""))[0].splitlines())
+        return Item(OK, "idmap", f"run.py's ID mapping of a test namespace: uid_map {uid_map}")
+    detail = warning.split("; fix: ", 1)[0]
+    broken = [i.name for i in items if i.name in ("newuidmap", "newgidmap", "subuid", "subgid")
+              and i.status == MISSING]
+    if broken:
+        how = f"see the {', '.join(broken)} line{'s' if len(broken) > 1 else ''}"
+    else:
+        how = fix("pirun_prereqs", "give the user ranges in /etc/subuid and /etc/subgid that are its own and do "
+                  "not overlap other users' (newuidmap refuses others), e.g. usermod --add-subuids "
+                  f"{free_subid_start(host.subuid_text)}-{free_subid_start(host.subuid_text) + RECOMMENDED_IDS - 1}"
+                  f" {host.user}")
+    return Item(MISSING, "idmap", f"run.py would map only the user: {detail}", fix=how)
 
 
 def _version(path, name):
@@ -609,7 +572,7 @@ def check_network_helpers(host):
     required_helper, _ = network_required(host)
     items = []
     for name, package in (("slirp4netns", "slirp4netns"), ("pasta", "passt")):
-        path = find_tool(name)
+        path = tools.find(name)             # the network backends' lookup: the caller's $PATH first
         required = name == required_helper
         if path:
             items.append(Item(OK, name, f"{path}: {_version(path, name)}", required=required))
@@ -617,7 +580,7 @@ def check_network_helpers(host):
         if required:
             other = "pasta" if name == "slirp4netns" else "slirp4netns"
             how = fix("pirun_prereqs", f"apt-get install {package} (or set net = {other} in "
-                      f"{hostconfig.DEFAULT_PATH} if {other} is installed)")
+                      f"{hostconfig.config_path()[0]} if {other} is installed)")
             detail = f"not found; it is run.py's default network (--net {name})"
             items.append(Item(MISSING, name, detail, fix=how, required=True))
         else:
@@ -646,13 +609,14 @@ def check_tun(host, probe):
     tun = probe.get("tun")
     if tun is None:
         netns = probe.get("netns")
-        why = (f"unshare(CLONE_NEWNET) failed: {os.strerror(netns['errno'])}" if netns and netns["errno"]
+        why = (f"unshare(CLONE_NEWNET) failed: {os.strerror(netns)}" if netns
                else "the user namespace test did not get that far")
         return Item(MISSING, path, f"opens, but the tap test did not run: {why}", required=required,
                     fix="see the userns line")
-    if tun["errno"]:
-        return Item(MISSING, path, f"opens, but {tun.get('at', 'TUNSETIFF')} of a tap device in a user+net "
-                    f"namespace failed: {os.strerror(tun['errno'])}", fix=how, required=required)
+    err, at = tun
+    if err:
+        return Item(MISSING, path, f"opens, but {at} of a tap device in a user+net namespace failed: "
+                    f"{os.strerror(err)}", fix=how, required=required)
     return Item(OK, path, f"{mode}; a tap device was created in a user+net namespace", required=required)
 
 
@@ -671,95 +635,67 @@ def check_ping(host):
                 "fails (everything else works)", fix=how, required=False)
 
 
-CGROUP_FIX = ("role pirun_cgroup, or by hand: boot with systemd.unified_cgroup_hierarchy=1 (GRUB_CMDLINE_LINUX in "
-              "/etc/default/grub, update-grub, reboot); on a Pi add cgroup_enable=memory to "
-              "/boot/firmware/cmdline.txt")
+def cgroup_fix(text):
+    """A cgroup fix as the report shows it: the manager's own fix, under the role that provides it."""
+    if not text:
+        return fix("pirun_cgroup", "see runtime/cgroup/__init__.py for where containers' cgroups come from")
+    return text if "pirun_cgroup" in text else fix("pirun_cgroup", text)
 
 
-def check_cgroups(host, mounts_text=None, proc_cgroup_text=None):
+def check_cgroups(host, probe=None, fs=None):
+    """The cgroup2 line from what cgroup/discover reads; the controllers line from the cgroup manager itself
+    (cgroup_trial). probe/fs: a discover.Probe and a CgroupFS, injectable to describe a fake host."""
+    from runtime.cgroup import discover
     required = host.cgroups_required
     if required:
         keys = [k for k in ("pids_limit", "cgroup_base") if getattr(host.cfg, k, None) is not None]
         why_optional = f" (required: {host.cfg.path} sets {' and '.join(keys)})"
     else:
         why_optional = ": containers run without resource limits, asking for one fails"
-    if mounts_text is None:
-        mounts_text = read_text("/proc/self/mounts") or ""
-    layout, v1, v2_at = cgroup_layout(mounts_text)
-    items = []
-    if layout == "unified":
-        items.append(Item(OK, "cgroup2", f"unified hierarchy at {CGROUP_ROOT}", required=required))
-    else:
-        if layout == "hybrid":
-            detail = (f"hybrid hierarchy: cgroup v1 controllers ({', '.join(v1)}) at {CGROUP_ROOT}, cgroup2 "
-                      f"only at {v2_at}")
-        elif layout == "legacy":
-            detail = f"cgroup v1 only ({', '.join(v1)})"
-        else:
-            detail = f"no cgroup2 mounted at {CGROUP_ROOT}"
-        items.append(Item(MISSING, "cgroup2", detail + why_optional, fix=CGROUP_FIX, required=required))
-        items.append(Item(MISSING, "cgroup controllers", "need the unified cgroup v2 hierarchy" + why_optional,
-                          fix=CGROUP_FIX, required=required))
-        return items
+    if probe is None:
+        probe = discover.Probe(fs)
+    mount = discover.cgroup2_mount(probe.mountinfo())
+    v2, v1 = discover.parse_proc_cgroup(probe.proc_cgroup())
+    trials = cgroup_trial(host.cfg, probe, fs)
+    failures = [t for t in trials if t[1] is None]
+    first_fix = cgroup_fix(failures[0][3] if failures else discover.ROLE_FIX)
 
-    root_controllers = (read_text(f"{CGROUP_ROOT}/cgroup.controllers") or "").split()
-    if proc_cgroup_text is None:
-        proc_cgroup_text = read_text("/proc/self/cgroup")
-    cfg_base = host.cfg.cgroup_base if host.cfg else None
-    if cfg_base:
-        cfg_base = hostconfig.expand_cgroup_base(cfg_base, host.uid, host.user)
-    base, how_found = delegated_base(own_cgroup(proc_cgroup_text), host.uid, cfg_base)
-    pi = raspberry_pi_model()
-    delegate_fix = fix("pirun_cgroup", "printf '[Service]\\nDelegate=cpu cpuset io memory pids\\n' > "
-                       "/etc/systemd/system/user@.service.d/delegate.conf (mkdir -p the directory first) && "
-                       "systemctl daemon-reload, then log in again")
-    if "memory" not in root_controllers and pi:
-        items.append(Item(MISSING, "cgroup controllers", f"{pi}: the memory controller is disabled by the "
-                          f"firmware" + why_optional, required=required,
-                          fix=fix("pirun_cgroup", "add cgroup_enable=memory to the line in "
-                                  "/boot/firmware/cmdline.txt and reboot")))
-        return items
-    if not os.path.isdir(base):
-        items.append(Item(MISSING, "cgroup controllers", f"no delegated cgroup {base} ({how_found})"
-                          + why_optional, required=required,
-                          fix=fix("pirun_cgroup", f"log in through systemd-logind (ssh/console, not su) so that "
-                                  f"user@{host.uid}.service runs; loginctl enable-linger {host.user}")))
-        return items
-    available = (read_text(os.path.join(base, "cgroup.controllers")) or "").split()
-    delegated = all(writable(os.path.join(base, f)) for f in ("", "cgroup.procs", "cgroup.subtree_control"))
-    absent = [c for c in WANTED_CONTROLLERS if c not in available]
-    if not delegated:
-        items.append(Item(MISSING, "cgroup controllers", f"{base} ({how_found}) is not writable by "
-                          f"{host.user}: not delegated" + why_optional, fix=delegate_fix, required=required))
-    elif any(c in absent for c in NEEDED_CONTROLLERS):
-        items.append(Item(MISSING, "cgroup controllers", f"{base}: {' '.join(available) or 'none'} (missing "
-                          f"{' '.join(absent)})" + why_optional, fix=delegate_fix, required=required))
-    elif absent:
-        items.append(Item(WARN, "cgroup controllers", f"{base}: {' '.join(available)} (no {' '.join(absent)}: "
-                          "--cpus/--cpu-weight fail)", fix=delegate_fix, required=False))
+    items = []
+    bound = sorted(c for c in NEEDED_CONTROLLERS if c in v1)
+    if mount is None or v2 is None:
+        items.append(Item(MISSING, "cgroup2", "no cgroup2 hierarchy mounted" + why_optional, fix=first_fix,
+                          required=required))
+    elif bound:
+        items.append(Item(MISSING, "cgroup2", f"hybrid hierarchy: {', '.join(sorted(v1))} bound to cgroup v1, "
+                          f"cgroup2 at {mount} without them" + why_optional, fix=first_fix, required=required))
+    elif v1:
+        items.append(Item(OK, "cgroup2", f"cgroup2 at {mount} (cgroup v1 holds {', '.join(sorted(v1))})",
+                          required=required))
     else:
-        items.append(Item(OK, "cgroup controllers", f"{base}: {' '.join(available)}", required=required))
-    own = own_cgroup(proc_cgroup_text)
-    if cfg_base and own is not None and not systemd_booted():
-        # without systemd, run.py moves the container into cgroup_base itself: it must run inside that
-        # subtree, or be allowed to write cgroup.procs of the common ancestor (the cgroup manager's rule)
-        own_dir = CGROUP_ROOT + own.rstrip("/")
-        anc = common_ancestor(own_dir, base)
-        inside = anc == base.rstrip("/")
-        if not inside and not writable(os.path.join(anc, "cgroup.procs")):
-            items.append(Item(MISSING, "cgroup placement", f"this session runs in {own_dir}, outside cgroup_base "
-                              f"{base}; moving containers there needs write access to {anc}/cgroup.procs"
-                              + why_optional, required=required,
-                              fix=fix("pirun_cgroup (its session setup)", f"start run.py from a session placed "
-                                      f"inside {base} (as root: echo SHELL_PID > {base}/cgroup.procs)")))
-        else:
-            items.append(Item(OK, "cgroup placement", f"this session may move containers into {base}",
-                              required=required))
+        items.append(Item(OK, "cgroup2", f"unified hierarchy at {mount}", required=required))
+
+    name = "cgroup controllers"
+    worked = [t for t in trials if t[1] is not None]
+    if not trials:
+        items.append(Item(MISSING, name, "the cgroup test did not report (timeout or crash)" + why_optional,
+                          fix=fix("pirun_cgroup", "run the check again"), required=required))
+    elif worked and not failures:
+        _names, _leaf, base, available = worked[0]
+        items.append(Item(OK, name, f"{base}: {available}; a test cgroup took --memory, --pids and --cpus "
+                          "limits and a process", required=required))
+    elif worked:
+        _names, _leaf, base, available = worked[0]
+        items.append(Item(WARN, name, f"{base}: {available}; --memory and --pids work, --cpus and --cpu-weight "
+                          f"fail: {failures[0][2]}", fix=cgroup_fix(failures[0][3]), required=False))
+    else:
+        _names, _none, message, how = failures[-1]
+        items.append(Item(MISSING, name, message + why_optional, fix=cgroup_fix(how), required=required))
     return items
 
 
-def check_linger(host):
-    if host.uid == 0 or not os.path.isdir("/run/systemd/system"):
+def check_linger(host, probe=None):
+    from runtime.cgroup import discover
+    if host.uid == 0 or not (probe or discover.Probe()).systemd_booted():
         return []      # not a systemd host (or root): nothing to linger
     if os.path.exists(f"/var/lib/systemd/linger/{host.user}"):
         return [Item(OK, "linger", f"enabled for {host.user}", required=False)]
@@ -776,23 +712,22 @@ def check_rootfs(host):
     if not os.access(path, os.R_OK | os.X_OK):
         return Item(MISSING, "rootfs", f"{path}: not readable by {host.user}",
                     fix=f"role pirun_runtime, or by hand: chown -R {host.user} {path}")
-    shell = rootfs_mod.resolve_in_root(path, "/bin/sh")
-    arch = rootfs_mod.elf_arch(shell) if shell else None
-    if arch is None:
+    shell_arch = arch.elf_arch_in_root(path, "/bin/sh")
+    if shell_arch is None:
         return Item(MISSING, "rootfs", f"{path}: no executable /bin/sh of a known architecture",
                     fix=f"role pirun_runtime, or by hand: {build} --force")
     host_arch = os.uname().machine
     marker = rootfs_mod.read_marker(path)
-    what = f"{path} ({marker.get('kind', 'rootfs')}, {arch}"
-    if arch == host_arch:
+    what = f"{path} ({marker.get('kind', 'rootfs')}, {shell_arch}"
+    if shell_arch == host_arch:
         how = "native"
     else:
-        registered, enabled, flags, interp = rootfs_mod.binfmt_entry(arch)
-        qemu = rootfs_mod.ARCHES[arch][3]
+        registered, enabled, flags, interp = arch.binfmt_entry(shell_arch)
+        qemu = arch.ARCHES[shell_arch][3]
         binfmt_fix = fix("pirun_prereqs", f"apt-get install qemu-user-static binfmt-support && "
                          f"update-binfmts --enable qemu-{qemu}")
         if not registered:
-            return Item(MISSING, "rootfs", f"{what}): {arch} binaries cannot run on this {host_arch} host "
+            return Item(MISSING, "rootfs", f"{what}): {shell_arch} binaries cannot run on this {host_arch} host "
                         f"(no binfmt_misc entry qemu-{qemu})", fix=binfmt_fix)
         if not enabled:
             return Item(MISSING, "rootfs", f"{what}): binfmt_misc entry qemu-{qemu} is disabled", fix=binfmt_fix)
@@ -809,7 +744,7 @@ def check_rootfs(host):
             err = proc.stderr.strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             ran, err = "", str(e)
-        if ran != arch:
+        if ran != shell_arch:
             return Item(MISSING, "rootfs", f"{what}): running its busybox gave {ran or err!r}",
                         fix=fix("pirun_prereqs", "apt-get install qemu-user-static binfmt-support"))
         how += f", runs: uname -m = {ran}"
@@ -821,12 +756,11 @@ def collect(host):
     items += check_user(host)
     sysctls = check_userns_sysctls()
     items += sysctls
-    probe = probe_namespaces(host.uid, host.gid, host.uid_ranges, host.gid_ranges, host.newuidmap,
-                             host.newgidmap)
+    probe = probe_namespaces(host.uid, host.gid, host.user)
     items.append(check_userns(probe, sysctls))
     items += check_idmap_tools(host)
     items += check_subids(host)
-    items.append(check_idmap(host, probe))
+    items.append(check_idmap(host, probe, items))
     items += check_network_helpers(host)
     items.append(check_tun(host, probe))
     items.append(check_ping(host))

@@ -26,7 +26,7 @@ from runtime.errors import SpecError
 from runtime.net import BACKENDS
 from runtime.spec import Record
 
-DEFAULT_PATH = "/etc/pirun/pirun.conf"
+DEFAULT_CONFIG = "/etc/pirun/pirun.conf"
 ENV = "PIRUN_CONFIG"
 KEYS = ("rootfs", "cgroup_base", "net", "pids_limit")
 PIDS_MAX = 4194304          # the kernel's PID_MAX_LIMIT on 64-bit
@@ -121,7 +121,7 @@ def config_path():
     env = os.environ.get(ENV)
     if env:
         return env, True
-    return DEFAULT_PATH, False
+    return DEFAULT_CONFIG, False
 
 
 def load(path=None):
@@ -135,7 +135,7 @@ def load(path=None):
     except FileNotFoundError:
         if explicit:
             raise SpecError(f"host config {path}: no such file",
-                            fix=f"create it, or unset {ENV} to use {DEFAULT_PATH}") from None
+                            fix=f"create it, or unset {ENV} to use {DEFAULT_CONFIG}") from None
         return HostConfig()
     except UnicodeDecodeError:
         raise SpecError(f"host config {path}: not UTF-8 text", fix=f"rewrite {path}") from None

@@ -3,20 +3,17 @@
 With newuidmap/newgidmap and /etc/subuid, /etc/subgid ranges (what the pirun_prereqs role sets up), the invoking
 user becomes 0 and container IDs 1..N map onto the subordinate ranges, as podman does. Otherwise only the user
 is mapped (to 0), with a one-line warning: chown to other IDs fails then.
+
+newuidmap and newgidmap are found by runtime/tools.py (system directories only, never $PATH); `run.py --check`
+uses the same lookup, the same parser and this very write_maps() on a test namespace.
 """
 import os
 
+from runtime import tools
 from runtime.errors import IdMapError
 
-_TOOL_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")
-
-
-def find_tool(name):
-    for d in _TOOL_DIRS:
-        path = f"{d}/{name}"
-        if os.access(path, os.X_OK):
-            return path
-    return None
+SUBUID = "/etc/subuid"
+SUBGID = "/etc/subgid"
 
 
 def subid_ranges(path, user, uid):
@@ -90,18 +87,18 @@ class IdMapping:
 
 def write_maps(pid, uid, gid, user):
     """Write the uid/gid maps of process `pid` (just after it unshared CLONE_NEWUSER)."""
-    uid_ranges = subid_ranges("/etc/subuid", user, uid)
-    gid_ranges = subid_ranges("/etc/subgid", user, uid)
-    newuidmap, newgidmap = find_tool("newuidmap"), find_tool("newgidmap")
+    uid_ranges = subid_ranges(SUBUID, user, uid)
+    gid_ranges = subid_ranges(SUBGID, user, uid)
+    newuidmap, newgidmap = tools.find("newuidmap"), tools.find("newgidmap")
     problem = None
-    if uid == 0:
-        problem = None if uid_ranges and gid_ranges else "root has no /etc/subuid or /etc/subgid range"
-    elif not (newuidmap and newgidmap):
+    if not (newuidmap and newgidmap):
         problem = "newuidmap/newgidmap not found (Debian package uidmap)"
+    elif uid == 0:
+        problem = None if uid_ranges and gid_ranges else f"root has no {SUBUID} or {SUBGID} range"
     elif not uid_ranges:
-        problem = f"no /etc/subuid range for {user}"
+        problem = f"no {SUBUID} range for {user}"
     elif not gid_ranges:
-        problem = f"no /etc/subgid range for {user}"
+        problem = f"no {SUBGID} range for {user}"
     uid_done = False
     if problem is None:
         problem = _run(newuidmap, pid, _map_args(uid, uid_ranges))

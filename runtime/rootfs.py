@@ -28,24 +28,13 @@ import sys
 import tarfile
 import tempfile
 
+from runtime.arch import ARCHES, binfmt_entry, elf_arch, elf_arch_in_root, normalize_arch
 from runtime.errors import PirunError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".pirun-rootfs"
 KEEP = ("README.md",)          # files of DEST that survive a build (the recipe in rootfs_arm/)
 
-# uname -m name -> (Debian architecture, ELF e_machine, ELF class (1: 32-bit, 2: 64-bit), qemu-user name)
-ARCHES = {
-    "aarch64": ("arm64", 183, 2, "aarch64"),
-    "x86_64": ("amd64", 62, 2, "x86_64"),
-    "armv7l": ("armhf", 40, 1, "arm"),
-    "i686": ("i386", 3, 1, "i386"),
-    "riscv64": ("riscv64", 243, 2, "riscv64"),
-    "ppc64le": ("ppc64el", 21, 2, "ppc64le"),
-    "s390x": ("s390x", 22, 2, "s390x"),
-}
-ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "armhf": "armv7l", "arm": "armv7l", "i386": "i686",
-           "ppc64el": "ppc64le"}
 APPLET_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin")
 DIRS = (  # (path, mode)
     ("bin", 0o755), ("sbin", 0o755), ("usr", 0o755), ("usr/bin", 0o755), ("usr/sbin", 0o755),
@@ -98,90 +87,8 @@ class Interrupted(Exception):
     pass
 
 
-# ---------------------------------------------------------------- architecture helpers (also used by check.py)
-
-def normalize_arch(name):
-    """'host', 'arm64', 'aarch64', 'amd64' ... -> the uname -m name used everywhere in pirun."""
-    if name == "host":
-        name = os.uname().machine
-    name = ALIASES.get(name, name)
-    if name.startswith("armv7") or name.startswith("armv8l"):
-        name = "armv7l"
-    if name not in ARCHES:
-        raise RootfsError(f"unknown architecture {name!r}",
-                          fix="use --arch aarch64, --arch x86_64 or --arch host")
-    return name
-
-
-def elf_arch(path):
-    """The uname -m name for an ELF executable, None when the file is not ELF or of an unknown machine."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError:
-        return None
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    order = "little" if head[5] == 1 else "big"
-    machine = int.from_bytes(head[18:20], order)
-    for arch, (_deb, em, elf_class, _q) in ARCHES.items():
-        if em == machine and elf_class == head[4]:
-            return arch
-    return None
-
-
-def resolve_in_root(root, path, limit=40):
-    """Host path of `path` (absolute, as seen inside the rootfs) with symlinks resolved inside `root`.
-
-    Absolute symlink targets are taken relative to the rootfs, `..` never climbs above it: the same rule
-    run.py applies to mount targets. Returns None for a dangling link or a loop.
-    """
-    parts = [p for p in path.split("/") if p and p != "."]
-    done = []
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        host = os.path.join(root, *done, part)
-        if os.path.islink(host):
-            limit -= 1
-            if limit < 0:
-                return None
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        done.append(part)
-    result = os.path.join(root, *done)
-    return result if os.path.lexists(result) else None
-
-
-def binfmt_entry(arch):
-    """(registered, enabled, flags, interpreter) of the qemu-user binfmt_misc entry for `arch`."""
-    qemu = ARCHES[arch][3]
-    path = f"/proc/sys/fs/binfmt_misc/qemu-{qemu}"
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return (False, False, "", "")
-    enabled = bool(lines) and lines[0].strip() == "enabled"
-    flags = interp = ""
-    for line in lines:
-        if line.startswith("flags:"):
-            flags = line.split(":", 1)[1].strip()
-        elif line.startswith("interpreter "):
-            interp = line.split(" ", 1)[1].strip()
-    try:
-        with open("/proc/sys/fs/binfmt_misc/status") as f:
-            enabled = enabled and f.read().strip() == "enabled"
-    except OSError:
-        enabled = False
-    return (True, enabled, flags, interp)
-
+# ---------------------------------------------------------------- the marker (also read by check.py)
+# Architecture names and ELF/binfmt_misc helpers live in runtime/arch.py.
 
 def read_marker(root):
     """The key=value pairs of ROOT/.pirun-rootfs ({} when absent)."""
@@ -515,8 +422,7 @@ def build_alpine(tmp, tarball, sha256, arch):
             tar.extractall(tmp, members=members, numeric_owner=True, **kwargs)  # members checked above
     except tarfile.TarError as e:
         raise RootfsError(f"--alpine {tarball}: {e}", fix="pass a .tar.gz minirootfs") from None
-    shell = resolve_in_root(tmp, "/bin/sh")
-    found = elf_arch(shell) if shell else None
+    found = elf_arch_in_root(tmp, "/bin/sh")
     if found is None:
         raise RootfsError(f"--alpine {tarball}: no ELF /bin/sh inside", fix="pass an Alpine minirootfs tarball")
     if arch and found != arch:

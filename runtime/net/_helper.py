@@ -8,8 +8,8 @@ import select
 import _signal
 
 from runtime.errors import NetworkError
+from runtime.tools import find as find_binary     # noqa: F401 - the one lookup of host tools (runtime/tools.py)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READY_TIMEOUT = 10.0        # seconds a helper may take to say "ready" (a loaded Pi 3 needs < 0.5 s)
 STOP_TIMEOUT = 2.0          # reap(): seconds a failed helper gets to exit before SIGKILL
 
@@ -18,19 +18,6 @@ STOP_TIMEOUT = 2.0          # reap(): seconds a failed helper gets to exit befor
 _SIGDEF = tuple(getattr(_signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
                                                  "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCHLD", "SIGUSR1",
                                                  "SIGUSR2", "SIGALRM", "SIGWINCH"))
-
-
-def find_binary(name):
-    """Absolute path of `name` on $PATH (then the usual sbin/bin directories), or None."""
-    seen = set()
-    for d in (os.environ.get("PATH") or "").split(":") + DEFAULT_PATH.split(":"):
-        if not d or d in seen or not d.startswith("/"):
-            continue
-        seen.add(d)
-        p = d + "/" + name
-        if os.access(p, os.X_OK) and not os.path.isdir(p):
-            return p
-    return None
 
 
 def state_dir(kind="cache"):

@@ -117,7 +117,7 @@ def test_missing_env_file_is_an_error_but_missing_default_is_not(tmp_path, monke
         hostconfig.load()
     assert "nope.conf: no such file" in e.value.message and "unset PIRUN_CONFIG" in e.value.fix
     monkeypatch.delenv("PIRUN_CONFIG")
-    monkeypatch.setattr(hostconfig, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
+    monkeypatch.setattr(hostconfig, "DEFAULT_CONFIG", str(tmp_path / "absent.conf"))
     assert hostconfig.load() == hostconfig.HostConfig()
 
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import REPO, missing
+from runtime import arch as ar
 from runtime import rootfs as rf
 
 PY = sys.executable
@@ -88,13 +89,13 @@ def check_tree(root, arch):
 
 def test_arm_rootfs_busybox_is_an_aarch64_elf(rootfs_arm):
     assert elf_machine(rootfs_arm / "bin" / "busybox") == 183        # EM_AARCH64
-    assert rf.elf_arch(rootfs_arm / "bin" / "busybox") == "aarch64"
+    assert ar.elf_arch(rootfs_arm / "bin" / "busybox") == "aarch64"
     check_tree(str(rootfs_arm), "aarch64")
 
 
 def test_arm_busybox_runs_here_and_says_aarch64(rootfs_arm):
     if os.uname().machine != "aarch64":
-        registered, enabled, flags, _ = rf.binfmt_entry("aarch64")
+        registered, enabled, flags, _ = ar.binfmt_entry("aarch64")
         if not (registered and enabled):
             missing("qemu-aarch64 in binfmt_misc", "apt-get install qemu-user-static binfmt-support")
         assert "F" in flags, "qemu-aarch64 is registered without the F flag"
@@ -109,7 +110,7 @@ def test_arm_busybox_runs_here_and_says_aarch64(rootfs_arm):
 
 def test_host_rootfs_is_the_host_architecture(rootfs):
     arch = os.uname().machine
-    assert rf.elf_arch(rootfs / "bin" / "busybox") == arch
+    assert ar.elf_arch(rootfs / "bin" / "busybox") == arch
     check_tree(str(rootfs), arch)
     r = subprocess.run([str(rootfs / "bin" / "busybox"), "uname", "-m"], capture_output=True, text=True)
     assert r.stdout == f"{arch}\n"
@@ -141,7 +142,7 @@ def cached_deb(arch):
     try:
         return rf.fetch_deb(arch, rf.default_cache())
     except rf.RootfsError as e:
-        missing(f"busybox-static:{rf.ARCHES[arch][0]} ({e.message})", e.fix)
+        missing(f"busybox-static:{ar.ARCHES[arch][0]} ({e.message})", e.fix)
 
 
 def test_build_aarch64(built_arm):
@@ -205,8 +206,8 @@ def test_architecture_not_added_to_dpkg_names_the_fix(tmp_path):
     arches = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True).stdout
     native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
     arch = next(a for a in ("riscv64", "s390x", "ppc64le")
-                if rf.ARCHES[a][0] not in arches.split() and rf.ARCHES[a][0] != native)
-    debarch = rf.ARCHES[arch][0]
+                if ar.ARCHES[a][0] not in arches.split() and ar.ARCHES[a][0] != native)
+    debarch = ar.ARCHES[arch][0]
     r = build("--arch", arch, "--dest", tmp_path / "r", "--cache", tmp_path / "cache")
     assert_one_line_error(r, f"dpkg --add-architecture {debarch} && apt-get update")
     assert not (tmp_path / "r").exists()
@@ -279,7 +280,7 @@ def test_alpine_tarball(tmp_path):
     marker = rf.read_marker(str(dest))
     assert marker["arch"] == arch and marker["kind"] == "alpine" and marker["sha256"] == sha
     assert os.readlink(dest / "bin" / "sh") == "/bin/busybox"       # kept: resolved inside the rootfs
-    assert rf.resolve_in_root(str(dest), "/bin/sh") == str(dest / "bin" / "busybox")
+    assert ar.elf_arch_in_root(str(dest), "/bin/sh") == arch                # resolved inside the rootfs
     assert os.stat(dest / "bin" / "bbsuid").st_mode & 0o7777 == 0o755, "setuid bit must be dropped"
     assert os.stat(dest / "bin" / "ash").st_ino == os.stat(dest / "bin" / "busybox").st_ino
     for target in ("etc/hosts", "etc/hostname", "etc/resolv.conf"):
@@ -361,7 +362,7 @@ def test_unrunnable_foreign_busybox_names_qemu(tmp_path):
     fake = tmp_path / "busybox"
     fake.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (243).to_bytes(2, "little") + b"\0" * 44)
     fake.chmod(0o755)
-    assert rf.elf_arch(fake) == "riscv64"
+    assert ar.elf_arch(fake) == "riscv64"
     with pytest.raises(rf.RootfsError) as e:
         rf.applet_list(str(fake), "riscv64")
     assert e.value.message.startswith("busybox --list-full (riscv64): ")
