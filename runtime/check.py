@@ -267,11 +267,12 @@ def probe_namespaces(uid, gid, user, timeout=10.0):
 
 
 # ---------------------------------------------------------------- the cgroup trial (real, forked)
-# The cgroup manager itself, in a forked child (a run moves run.py into a scope or a leaf of its own: the check
-# process stays where it is): create the test cgroup with limits, move a process in, remove it again.
+# The cgroup manager itself, each trial in a fresh forked child, as each run is a fresh run.py (a run moves
+# run.py into a scope or a leaf of its own; the check process stays where it is): create the test cgroup
+# with limits, fork a process and move it in (as for process I), remove everything again.
 
-C_LEAF = b"LEAF"          # <- controllers leaf base available: create() and add() worked
-C_NOLEAF = b"NOLEAF"      # <- controllers message fix: the CgroupError (or other PirunError) a run would get
+C_LEAF = b"LEAF"          # <- leaf base available: create() and add() worked
+C_NOLEAF = b"NOLEAF"      # <- message fix: the CgroupError (or other PirunError) a run would get
 
 
 def _trials():
@@ -281,40 +282,34 @@ def _trials():
             ("memory pids", Limits(memory=64 * mib, pids=64)))
 
 
-def _trial_child(chan, cfg, probe, fs):
+def _trial_child(chan, cfg, limits, probe, fs):
     from runtime.cgroup import CgroupManager
-    for names, limits in _trials():
-        mgr = CgroupManager(limits, cfg, True, probe=probe, fs=fs)
-        worker = hold_w = None
-        try:
-            mgr.create()
-            hold_r, hold_w = os.pipe()
-            worker = os.fork()              # after create(), as the launcher forks process I
-            if worker == 0:
-                os.close(hold_w)
-                os.read(hold_r, 1)
-                os._exit(0)
-            os.close(hold_r)
-            mgr.add(worker)
-            base = mgr.state.base.path
-            available = " ".join((mgr.state.fs.read(f"{base}/cgroup.controllers") or "").split())
-            chan.send(C_LEAF, names, mgr.leaf, base, available)
-            return
-        except PirunError as e:
-            chan.send(C_NOLEAF, names, e.message, e.fix or "")
-        finally:
-            if worker is not None:
-                os.close(hold_w)
-                os.waitpid(worker, 0)
-            elif hold_w is not None:
-                os.close(hold_w)
-            mgr.remove()
+    mgr = CgroupManager(limits, cfg, True, probe=probe, fs=fs)
+    worker = hold_w = None
+    try:
+        mgr.create()
+        hold_r, hold_w = os.pipe()
+        worker = os.fork()              # after create(), as the launcher forks process I
+        if worker == 0:
+            os.close(hold_w)
+            os.read(hold_r, 1)
+            os._exit(0)
+        os.close(hold_r)
+        mgr.add(worker)
+        base = mgr.state.base.path
+        available = " ".join((mgr.state.fs.read(f"{base}/cgroup.controllers") or "").split())
+        chan.send(C_LEAF, mgr.leaf, base, available)
+    except PirunError as e:
+        chan.send(C_NOLEAF, e.message, e.fix or "")
+    finally:
+        if hold_w is not None:
+            os.close(hold_w)
+        if worker is not None:
+            os.waitpid(worker, 0)
+        mgr.remove()
 
 
-def cgroup_trial(cfg, probe=None, fs=None, timeout=30.0):
-    """[(controllers, leaf, base, available) | (controllers, None, message, fix)]: what the cgroup manager did
-    for each trial, in order, stopping at the first that worked; [] when the child did not report."""
-    out = []
+def _one_trial(cfg, limits, probe, fs, timeout):
     parent, child = sync.Channel.pair()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -323,29 +318,40 @@ def cgroup_trial(cfg, probe=None, fs=None, timeout=30.0):
         parent.close()
         code = 0
         try:
-            _trial_child(child, cfg, probe, fs)
+            _trial_child(child, cfg, limits, probe, fs)
         except BaseException as e:      # noqa: BLE001 - reported to the parent
             code = child.send_error(e)
         os._exit(code)
     child.close()
     parent.sock.settimeout(timeout)
     try:
-        while True:
-            kind, fields, _ = parent.recv()
-            if kind == C_LEAF:
-                out.append((fields[0], fields[1], fields[2], fields[3]))
-            elif kind == C_NOLEAF:
-                out.append((fields[0], None, fields[1], fields[2]))
-            elif kind == sync.ERROR:
-                e = sync.error_from_fields(fields)
-                out.append(("", None, e.message, e.fix or ""))
-            else:
-                break
+        kind, fields, _ = parent.recv()
     except OSError:
-        pass
+        kind, fields = None, []
     finally:
         parent.close()
         os.waitpid(pid, 0)
+    if kind == C_LEAF:
+        return fields[0], fields[1], fields[2]
+    if kind == C_NOLEAF:
+        return None, fields[0], fields[1]
+    if kind == sync.ERROR:
+        e = sync.error_from_fields(fields)
+        return None, e.message, e.fix or ""
+    return None
+
+
+def cgroup_trial(cfg, probe=None, fs=None, timeout=30.0):
+    """[(controllers, leaf, base, available) | (controllers, None, message, fix)]: what the cgroup manager did
+    for each trial, in order, stopping at the first that worked; shorter when a child did not report."""
+    out = []
+    for names, limits in _trials():
+        got = _one_trial(cfg, limits, probe, fs, timeout)
+        if got is None:
+            break
+        out.append((names,) + got)
+        if got[0] is not None:
+            break
     return out
 
 

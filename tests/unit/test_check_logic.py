@@ -2,28 +2,16 @@
 format, which items decide the exit status. The real report, as the test user, is tests/container/test_check.py."""
 import os
 import re
-import shutil
 import struct
 
 import pytest
 
-from runtime import check
+from runtime import check, tools
 from runtime.check import MISSING, OK, WARN, Item
 from runtime.errors import SpecError
 
 LINE = re.compile(r"^(ok|missing|warn) {2,}(\S.*?) {2,}(\S.*)$")
 
-# /proc/self/mounts of this build machine (hybrid: v1 controllers, cgroup2 without controllers, no systemd)
-HYBRID = """\
-tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
-cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
-cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
-cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
-cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
-cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
-"""
-UNIFIED = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n"
-LEGACY = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
 
 
 def caps_xattr(revision, permitted, effective=True):
@@ -47,13 +35,9 @@ def test_file_capabilities():
 SUBUID = "alice:100000:65536\npirun:165536:65536\n1005:300000:1000\nbroken line\nbob:x:10\n"
 
 
-def test_subid_ranges_by_name_or_uid():
-    assert check.subid_ranges(SUBUID, "pirun", 1002) == [(165536, 65536)]
-    assert check.subid_ranges(SUBUID, "carol", 1005) == [(300000, 1000)]
-    assert check.subid_ranges(SUBUID, "bob", 1006) == []
-    assert check.subid_ranges(None, "pirun", 1002) == []
+def test_free_subid_start_suggests_a_range_after_every_other():
     assert check.free_subid_start(SUBUID) == 301000
-    assert check.free_subid_start("") == 100000
+    assert check.free_subid_start("") == check.free_subid_start(None) == 100000
 
 
 def test_ping_group_range():
@@ -63,22 +47,11 @@ def test_ping_group_range():
     assert check.ping_range_covers("garbage", [0])[0] is False
 
 
-def test_cgroup_layouts():
-    assert check.cgroup_layout(HYBRID) == ("hybrid", ["cpu", "memory", "pids"], "/sys/fs/cgroup/unified")
-    assert check.cgroup_layout(UNIFIED) == ("unified", [], "/sys/fs/cgroup")
-    assert check.cgroup_layout(LEGACY) == ("legacy", ["memory"], None)
-    assert check.cgroup_layout("proc /proc proc rw 0 0\n") == ("none", [], None)
-
-
-def test_delegated_base():
-    own = "/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope"
-    assert check.own_cgroup("1:name=systemd:/\n0::" + own + "\n") == own
-    assert check.own_cgroup("4:memory:/x\n") is None
-    assert check.delegated_base(own, 1000) == (
-        "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service", "own user@ subtree")
-    assert check.delegated_base("/system.slice/ssh.service", 1000) == (
-        "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service", "systemd default")
-    assert check.delegated_base(own, 1000, "/sys/fs/cgroup/pirun") == ("/sys/fs/cgroup/pirun", "config cgroup_base")
+def test_check_has_no_parsers_or_lookups_of_its_own():
+    """The subuid parser, the tool lookup and the cgroup discovery are the runtime's (idmap, tools, cgroup)."""
+    for name in ("subid_ranges", "find_tool", "own_cgroup", "delegated_base", "systemd_booted",
+                 "cgroup_layout", "_map_argv", "_write_maps"):
+        assert not hasattr(check, name), f"check.{name} duplicates the runtime"
 
 
 class FakeHost:
@@ -89,22 +62,6 @@ class FakeHost:
         self.cfg = hostconfig.parse(cfg_text)
         self.cgroups_required = check.cgroups_required(self.cfg)
         self.net = self.cfg.net or "slirp4netns"
-
-
-@pytest.mark.parametrize("cfg_text, required", [
-    ("", False), ("net = none\n", False), ("pids_limit = 100\n", True), ("pids_limit = max\n", True),
-    ("cgroup_base = /sys/fs/cgroup/pirun\n", True),
-])
-def test_cgroups_are_optional_unless_the_config_asks_for_them(cfg_text, required):
-    items = check.check_cgroups(FakeHost(cfg_text), mounts_text=HYBRID)
-    assert [i.name for i in items] == ["cgroup2", "cgroup controllers"]
-    for item in items:
-        assert item.status == MISSING and item.required is required
-        assert "systemd.unified_cgroup_hierarchy=1" in item.fix and "role pirun_cgroup" in item.fix
-        assert "cgroup_enable=memory to /boot/firmware/cmdline.txt" in item.fix
-    assert "hybrid hierarchy: cgroup v1 controllers (cpu, memory, pids)" in items[0].detail
-    code, _ = check.verdict([Item(OK, "userns", "fine")] + items)
-    assert code == (1 if required else 0)
 
 
 def test_network_requirement_follows_the_default_mode():
@@ -152,7 +109,7 @@ def test_arguments():
 
 def test_tool_privilege_of_this_hosts_tools():
     """newuidmap as installed here: setuid root (Debian's uidmap) - read from the real file."""
-    path = check.find_tool("newuidmap")
+    path = tools.find("newuidmap")
     assert path, "newuidmap not found; fix: apt-get install uidmap"
     good, detail = check._tool_privilege(path, check.CAP_SETUID)
     st = os.stat(path)
@@ -162,85 +119,193 @@ def test_tool_privilege_of_this_hosts_tools():
     assert not good and "neither setuid root nor has cap_setuid" in detail
 
 
-@pytest.fixture
-def cgroup_tree(tmp_path, monkeypatch):
-    """A unified cgroup tree in a scratch directory (files only: the decision logic, not the kernel)."""
-    root = tmp_path / "cgroup"
-    service = root / "user.slice" / "user-1002.slice" / "user@1002.service"
-    service.mkdir(parents=True)
-    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
-    for f in ("cgroup.procs", "cgroup.subtree_control"):
-        (service / f).write_text("")
-    monkeypatch.setattr(check, "CGROUP_ROOT", str(root))
-    monkeypatch.setattr(check, "raspberry_pi_model", lambda: None)
-    mounts = f"cgroup2 {root} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
-    own = "0::/user.slice/user-1002.slice/user@1002.service/app.slice/pirun.scope\n"
-    return root, service, mounts, own
+# ---------------------------------------------------------------- cgroups: the manager on a fake host
+# The fake cgroup tree and host of test_cgroup.py (the kernel's cgroup2 rules on a scratch directory); the check
+# forks and runs the real cgroup manager on them.
+
+M = 1 << 20
+ME = os.getpid()
 
 
-@pytest.mark.parametrize("controllers, status", [
-    ("cpu memory pids", OK), ("memory pids io", WARN), ("pids", MISSING), ("", MISSING),
+def cg_fakes():
+    from test_cgroup import Cfg, FakeHost, FakeScope, FakeTree
+    return Cfg, FakeHost, FakeScope, FakeTree
+
+
+def forking_host(tree, **kw):
+    """test_cgroup's fake host with real process identities: this test process is "run.py --check", and a
+    process it forks starts in its cgroup (as after fork(2)) until something moves it."""
+    _Cfg, FakeHost, FakeScope, _FakeTree = cg_fakes()
+
+    class ForkingHost(FakeHost):
+        def _where(self, pid):
+            pid = os.getpid() if pid == "self" else int(pid)
+            where = self.tree.where(pid)
+            if where is None and pid == os.getpid():
+                where = self.tree.where(ME)
+            return where
+
+        def proc_cgroup(self, pid="self"):
+            where = self._where(pid)
+            rel = "/" + os.path.relpath(where, self.tree.root) if where else "/"
+            lines = [f"{i + 1}:{c}:/" for i, c in enumerate(self.hybrid_v1)]
+            return "\n".join(lines + ["0::" + ("/" if rel == "/." else rel)]) + "\n"
+
+        def pid(self):
+            return os.getpid()
+
+        def start_time(self, pid="self"):
+            return 777 if os.path.exists(f"/proc/{os.getpid() if pid == 'self' else pid}") else None
+
+        def start_scope(self, unit, slice_=None):
+            rel = f"{self.user_slice}/user@1000.service/{slice_ or 'app.slice'}/{unit}"
+            self.tree.make(rel, owned=True)
+            self.tree.move(os.getpid(), self.tree.p(rel))
+            self.scopes.append(unit)
+            return FakeScope(self.tree, unit, "/" + rel, os.getpid())
+
+    return ForkingHost(tree, **kw)
+
+
+def config_tree(tmp_path, delegated=("cpu", "memory", "pids"), session="pirun/alice/session", **kw):
+    """No systemd: cgroup_base /pirun/alice delegated to us, this process in `session`."""
+    Cfg, _FakeHost, _FakeScope, FakeTree = cg_fakes()
+    tree = FakeTree(tmp_path / "cg", **kw)
+    tree.make("pirun", enable=delegated)
+    tree.make("pirun/alice", owned=True)
+    tree.make(session, procs=(ME,))
+    return tree, Cfg(cgroup_base=tree.p("pirun/alice"))
+
+
+def systemd_tree(tmp_path, delegated=("memory", "pids")):
+    """A systemd host: this process in an SSH session scope, the user manager delegating `delegated`."""
+    _Cfg, _FakeHost, _FakeScope, FakeTree = cg_fakes()
+    tree = FakeTree(tmp_path / "cg")
+    tree.make("user.slice/user-1000.slice/session-3.scope", procs=(ME,))
+    app = tree.make("user.slice/user-1000.slice/user@1000.service/app.slice")
+    tree.owned.add(tree.p("user.slice/user-1000.slice/user@1000.service"))
+    tree._set(f"{app}/cgroup.subtree_control", " ".join(delegated))
+    return tree
+
+
+def leftovers(tree):
+    return [os.path.join(d, n) for d, dirs, _ in os.walk(tree.root) for n in dirs
+            if n.startswith("pirun-") and not n.endswith(".scope")]
+
+
+def cg_items(cfg_text, probe, tree, cfg=None):
+    host = FakeHost(cfg_text)
+    if cfg is not None:
+        host.cfg = host.cfg.replace(cgroup_base=cfg.cgroup_base)
+        host.cgroups_required = True
+    items = check.check_cgroups(host, probe=probe, fs=tree)
+    assert [i.name for i in items] == ["cgroup2", "cgroup controllers"]
+    assert leftovers(tree) == [], "the test cgroup must be removed"
+    return items
+
+
+@pytest.mark.parametrize("cfg_text, required", [
+    ("", False), ("net = none\n", False), ("pids_limit = 100\n", True), ("pids_limit = max\n", True),
 ])
-def test_delegated_controllers(cgroup_tree, controllers, status):
-    root, service, mounts, own = cgroup_tree
-    (service / "cgroup.controllers").write_text(controllers + "\n")
-    items = check.check_cgroups(FakeHost(), mounts_text=mounts, proc_cgroup_text=own)
-    assert [(i.name, i.status) for i in items] == [("cgroup2", OK), ("cgroup controllers", status)]
-    assert str(service) in items[1].detail
-    if status != OK:
-        assert "Delegate=cpu cpuset io memory pids" in items[1].fix and "role pirun_cgroup" in items[1].fix
+def test_hybrid_host_cgroups_are_optional_unless_the_config_asks(tmp_path, cfg_text, required):
+    _Cfg, _FakeHost, _FakeScope, FakeTree = cg_fakes()
+    tree = FakeTree(tmp_path / "cg")
+    tree.make("session", procs=(ME,), owned=True)
+    probe = forking_host(tree, hybrid_v1=("cpu", "memory", "pids"))
+    items = cg_items(cfg_text, probe, tree)
+    for item in items:
+        assert item.status == MISSING and item.required is required
+        assert "unified cgroup v2 hierarchy" in item.fix and "pirun_cgroup" in item.fix
+    assert "hybrid hierarchy: cpu, memory, pids bound to cgroup v1" in items[0].detail
+    assert "bound to cgroup v1 on this host" in items[1].detail
+    code, _ = check.verdict([Item(OK, "userns", "fine")] + items)
+    assert code == (1 if required else 0)
 
 
-def test_no_user_manager_cgroup(cgroup_tree):
-    root, service, mounts, _own = cgroup_tree
-    (service / "cgroup.controllers").write_text("cpu memory pids\n")
-    # an SSH session outside user@1002.service: the user manager's cgroup is still found at systemd's path
-    items = check.check_cgroups(FakeHost(), mounts_text=mounts, proc_cgroup_text="0::/system.slice/ssh.service\n")
-    assert items[1].status == OK and items[1].detail == f"{service}: cpu memory pids"
-    shutil.rmtree(service)
-    items = check.check_cgroups(FakeHost(), mounts_text=mounts, proc_cgroup_text="0::/init.scope\n")
-    assert items[1].status == MISSING and "no delegated cgroup" in items[1].detail
-    assert "loginctl enable-linger pirun" in items[1].fix
+@pytest.mark.parametrize("delegated, status", [
+    (("cpu", "memory", "pids"), OK), (("memory", "pids"), WARN), (("pids",), MISSING), ((), MISSING),
+])
+def test_config_base_controllers(tmp_path, delegated, status):
+    tree, cfg = config_tree(tmp_path, delegated)
+    items = cg_items("", forking_host(tree), tree, cfg=cfg)
+    assert items[0].status == OK and items[0].detail == f"unified hierarchy at {tree.root}"
+    assert items[1].status == status, items[1]
+    if status == OK:
+        assert items[1].detail.startswith(f"{tree.p('pirun/alice')}: cpu memory pids; a test cgroup took")
+    elif status == WARN:
+        assert "--cpus and --cpu-weight fail: cgroup cpu controller: not delegated" in items[1].detail
+        assert not items[1].required
+    else:
+        assert "controller" in items[1].detail and "not delegated" in items[1].detail
+        assert items[1].required
+    assert tree.where(ME) == tree.p("pirun/alice/session"), "the check process itself never moves"
 
 
-def test_pi_with_memory_disabled_names_cmdline(cgroup_tree, monkeypatch):
-    root, service, mounts, own = cgroup_tree
-    (root / "cgroup.controllers").write_text("cpuset cpu io pids\n")
-    monkeypatch.setattr(check, "raspberry_pi_model", lambda: "Raspberry Pi 4 Model B Rev 1.5")
-    items = check.check_cgroups(FakeHost("pids_limit = 100\n"), mounts_text=mounts, proc_cgroup_text=own)
+def test_config_base_outside_the_session_is_the_managers_error(tmp_path):
+    tree, cfg = config_tree(tmp_path, session="sessions/s1")
+    items = cg_items("", forking_host(tree), tree, cfg=cfg)
     assert items[1].status == MISSING and items[1].required
-    assert "Raspberry Pi 4 Model B Rev 1.5: the memory controller is disabled" in items[1].detail
+    assert f"write access to {tree.root}/cgroup.procs" in items[1].detail
+    assert "session placed inside" in items[1].fix
+
+
+def test_systemd_host_gets_a_scope_like_a_run(tmp_path):
+    tree = systemd_tree(tmp_path, delegated=("cpu", "memory", "pids"))
+    host = forking_host(tree, systemd=True)
+    items = cg_items("", host, tree)
+    assert [i.status for i in items] == [OK, OK], items
+    app = tree.p("user.slice/user-1000.slice/user@1000.service/app.slice")
+    scopes = [d for d in os.listdir(app) if d.endswith(".scope")]
+    assert len(scopes) == 1 and items[1].detail.startswith(f"{app}/{scopes[0]}: cpu memory pids")
+    assert tree.where(ME).endswith("/session-3.scope"), "the check process itself never moves"
+
+
+def test_systemd_host_without_delegation_names_the_drop_in(tmp_path):
+    tree = systemd_tree(tmp_path, delegated=("pids",))
+    items = cg_items("pids_limit = 100\n", forking_host(tree, systemd=True), tree)
+    assert items[1].status == MISSING and items[1].required
+    assert "not delegated to uid 1000 by systemd" in items[1].detail
+    assert "Delegate=cpu cpuset io memory pids" in items[1].fix
+
+
+def test_pi_with_memory_disabled_names_cmdline(tmp_path):
+    tree, cfg = config_tree(tmp_path, ("cpu", "pids"), controllers=("cpu", "pids"))  # cgroup_disable=memory
+    items = cg_items("", forking_host(tree, pi=True), tree, cfg=cfg)
+    assert items[1].status == MISSING
+    assert "memory controller: not enabled in this kernel" in items[1].detail
     assert "cgroup_enable=memory" in items[1].fix and "/boot/firmware/cmdline.txt" in items[1].fix
 
 
-def test_cgroup_base_without_systemd_needs_the_session_inside(cgroup_tree, monkeypatch):
-    root, service, mounts, _own = cgroup_tree
-    base = root / "pirun" / "pirun"
-    base.mkdir(parents=True)
-    for f in ("cgroup.procs", "cgroup.subtree_control"):
-        (base / f).write_text("")
-    (base / "cgroup.controllers").write_text("memory pids cpu\n")
-    monkeypatch.setattr(check, "systemd_booted", lambda: False)
-    host = FakeHost()
-    host.cfg = host.cfg.replace(cgroup_base=str(base))
-    host.cgroups_required = True
-    inside = check.check_cgroups(host, mounts_text=mounts, proc_cgroup_text="0::/pirun/pirun/login-7\n")
-    assert [(i.name, i.status) for i in inside] == [("cgroup2", OK), ("cgroup controllers", OK),
-                                                     ("cgroup placement", OK)]
-    assert check.common_ancestor(f"{root}/init.scope", str(base)) == str(root)
-    assert check.common_ancestor("/sys/fs/cgroup/a/b", "/sys/fs/cgroup/a/b") == "/sys/fs/cgroup/a/b"
-    # outside the base, and the common ancestor's cgroup.procs not writable (as for any user on a real host)
-    monkeypatch.setattr(check, "writable", lambda path: str(base) in path)
-    outside = check.check_cgroups(host, mounts_text=mounts, proc_cgroup_text="0::/init.scope\n")
-    assert outside[1].status == OK
-    assert outside[2].status == MISSING and outside[2].required
-    assert f"runs in {root}/init.scope, outside cgroup_base {base}" in outside[2].detail
-    assert f"echo SHELL_PID > {base}/cgroup.procs" in outside[2].fix
+@pytest.mark.parametrize("delegated", [("cpu", "memory", "pids"), ("memory", "pids"), ("pids",), ()])
+@pytest.mark.parametrize("mode", ["config", "systemd"])
+def test_check_verdict_agrees_with_the_manager(tmp_path, delegated, mode):
+    """ok/warn exactly when a run's manager, on a fresh copy of the same host, creates a cgroup for --memory
+    --pids (and --cpus for ok)."""
+    from runtime.cgroup import CgroupManager
+    from runtime.errors import CgroupError
+    from runtime.spec import Limits
 
+    def host(name):
+        d = tmp_path / name
+        if mode == "systemd":
+            tree = systemd_tree(d, delegated)
+            return tree, forking_host(tree, systemd=True), None
+        tree, cfg = config_tree(d, delegated)
+        return tree, forking_host(tree), cfg
 
-def test_undelegated_base_is_missing(cgroup_tree, monkeypatch):
-    root, service, mounts, own = cgroup_tree
-    (service / "cgroup.controllers").write_text("cpu memory pids\n")
-    monkeypatch.setattr(check, "writable", lambda path: False)
-    items = check.check_cgroups(FakeHost(), mounts_text=mounts, proc_cgroup_text=own)
-    assert items[1].status == MISSING and "is not writable by pirun: not delegated" in items[1].detail
+    def run_works(limits):
+        tree, probe, cfg = host(f"run-{limits.cpus}")
+        m = CgroupManager(limits, cfg, True, probe=probe, fs=tree)
+        try:
+            m.create()
+            return True
+        except CgroupError:
+            return False
+        finally:
+            m.remove()
+
+    tree, probe, cfg = host("check")
+    status = cg_items("", probe, tree, cfg=cfg)[1].status
+    full = run_works(Limits(memory=64 * M, pids=64, cpus=1.0))
+    basic = run_works(Limits(memory=64 * M, pids=64))
+    assert status == (OK if full else WARN if basic else MISSING)
