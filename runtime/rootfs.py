@@ -1,7 +1,7 @@
 """Build a root filesystem for pirun, offline, from Debian's busybox-static package (or a pinned Alpine tarball).
 
     python3 -m runtime.rootfs --arch aarch64 --dest rootfs_arm      # the Pi's architecture
-    python3 -m runtime.rootfs --arch host --dest rootfs_host        # this machine's architecture
+    python3 -m runtime.rootfs --arch host --dest rootfs_host        # the host's architecture
     python3 -m runtime.rootfs --arch aarch64 --dest DIR --deb busybox-static_..._arm64.deb
     python3 -m runtime.rootfs --dest DIR --alpine alpine-minirootfs-3.20.3-aarch64.tar.gz --sha256 HEX
 
