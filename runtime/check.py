@@ -269,7 +269,10 @@ def probe_namespaces(uid, gid, user, timeout=10.0):
 # ---------------------------------------------------------------- the cgroup trial (real, forked)
 # The cgroup manager itself, each trial in a fresh forked child, as each run is a fresh run.py (a run moves
 # run.py into a scope or a leaf of its own; the check process stays where it is): create the test cgroup
-# with limits, fork a process and move it in (as for process I), remove everything again.
+# with limits, fork a process and move it in (as for process I), remove everything again. One placement cannot
+# be reproduced from a child: run.py alone in a delegated cgroup uses that cgroup itself (the manager's "own"
+# mode), while the trial child shares it with the check process and is placed as a run from a shared cgroup
+# would be (a transient scope on systemd hosts).
 
 C_LEAF = b"LEAF"          # <- leaf base available: create() and add() worked
 C_NOLEAF = b"NOLEAF"      # <- message fix: the CgroupError (or other PirunError) a run would get
@@ -326,8 +329,9 @@ def _one_trial(cfg, limits, probe, fs, timeout):
     parent.sock.settimeout(timeout)
     try:
         kind, fields, _ = parent.recv()
-    except OSError:
+    except OSError:                     # timeout: the manager hung (D-Bus?); a later run removes the leaf
         kind, fields = None, []
+        os.kill(pid, 9)
     finally:
         parent.close()
         os.waitpid(pid, 0)

@@ -1,5 +1,7 @@
-"""runtime/check.py logic that needs no privileges: parsing of the kernel's and shadow's files, the report's
-format, which items decide the exit status. The real report, as the test user, is tests/container/test_check.py."""
+"""runtime/check.py logic that needs no privileges: parsing of the kernel's files, the report's format, which
+items decide the exit status, and the cgroup lines on test_cgroup.py's fake host, where the check runs the real
+cgroup manager and must agree with it. The real report, as the test user, is tests/container/test_check.py;
+check against a real run on faked hosts is tests/container/test_check_agrees.py."""
 import os
 import re
 import struct
@@ -45,13 +47,6 @@ def test_ping_group_range():
     assert check.ping_range_covers("0 2147483647", [1002]) == (True, 0, 2147483647)
     assert check.ping_range_covers("1000 1001", [1002, 1000]) == (True, 1000, 1001)
     assert check.ping_range_covers("garbage", [0])[0] is False
-
-
-def test_check_has_no_parsers_or_lookups_of_its_own():
-    """The subuid parser, the tool lookup and the cgroup discovery are the runtime's (idmap, tools, cgroup)."""
-    for name in ("subid_ranges", "find_tool", "own_cgroup", "delegated_base", "systemd_booted",
-                 "cgroup_layout", "_map_argv", "_write_maps"):
-        assert not hasattr(check, name), f"check.{name} duplicates the runtime"
 
 
 class FakeHost:
