@@ -75,9 +75,20 @@ def _parse_value(path, lineno, key, value):
     raise AssertionError(key)
 
 
-def expand_cgroup_base(base, uid, user):
-    """cgroup_base with {uid} and {user} replaced."""
-    return base.replace("{uid}", str(uid)).replace("{user}", user)
+def expand_cgroup_base(base, uid=None, user=None):
+    """cgroup_base with {uid} and {user} replaced (default: this process's user; its uid when it has no
+    name), without a trailing slash."""
+    if "{" in base:
+        if uid is None:
+            uid = os.getuid()
+        if user is None and "{user}" in base:
+            import pwd
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = str(uid)
+        base = base.replace("{uid}", str(uid)).replace("{user}", user or "")
+    return base.rstrip("/") or "/"
 
 
 def parse(text, path="<config>"):
