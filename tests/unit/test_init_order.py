@@ -8,6 +8,7 @@ are the test machine's own.
 import errno
 import inspect
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,8 @@ from runtime.libc import (MNT_DETACH, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, MS
 from runtime.net import backend_for
 from runtime.spec import NetSpec, Spec, Volume
 from runtime.syscalls import Syscalls
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -266,3 +269,28 @@ def test_raw_oserror_of_a_step_is_named_after_the_step(tmp_path):
     assert rec.calls[-1] == ("exit", 125)
     e = sync.error_from_fields(received[-1][1])
     assert e.line() == f"bind rootfs {not_a_dir}: Not a directory" and e.errno == errno.ENOTDIR
+
+
+def test_everything_imported_after_pivot_root_is_preloaded():
+    """After pivot_root the host's Python library is gone: every import inside a function of the container
+    side must name a module that init._preload (or the module itself) has already loaded."""
+    import ast
+    import subprocess
+    import sys
+    late = set()
+    for mod in ("init", "syscalls"):
+        tree = ast.parse((REPO / "runtime" / f"{mod}.py").read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import):
+                        late.update(a.name for a in node.names)
+                    elif isinstance(node, ast.ImportFrom):
+                        late.update(f"{node.module}.{a.name}" for a in node.names)
+    assert {"termios", "runtime.caps", "_socket"} <= late        # the walk finds them
+    code = ("import sys\nfrom runtime import init\nfrom runtime.spec import Spec\n"
+            "init._preload(Spec(argv=('x',), rootfs='/', caps=(), tty=True, seccomp=True))\n"
+            f"print(sorted(m for m in {sorted(late)!r} if m not in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + code],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"imported only after pivot_root: {out.strip()}"
