@@ -2,7 +2,8 @@
 
 Applies the planned steps (mounts, pivot_root, hostname, lo), reports SETUP, waits for GO (network ready,
 terminal set up), drops capabilities, sets no_new_privs and execs the command, or with --init forks it and
-stays as a reaper. Every failure is sent back to the launcher as a typed error and C exits.
+stays as a reaper. Every failure is sent back to the launcher as a typed error and C exits. Every effect goes
+through the syscall surface `Init` is given (runtime/syscalls.py), so that unit tests can record the order.
 """
 import errno
 import os
@@ -10,10 +11,10 @@ import stat
 import _signal
 
 from runtime import steps as S, sync
-from runtime.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ExecError, SetupError
+from runtime.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ExecError, SetupError, os_error
 from runtime.fs import fd_path, open_in_root, open_link_in_root, require_real_dir
-from runtime.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT,
-                          MS_SLAVE, MS_STRICTATIME, MS_NOATIME, MS_NODIRATIME, MS_RELATIME, PR_CAP_AMBIENT,
+from runtime.libc import (MNT_DETACH, MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID,
+                          MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, MS_SLAVE, MS_STRICTATIME, PR_CAP_AMBIENT,
                           PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS)
 from runtime.signals import FORWARDED
 from runtime.syscalls import Syscalls
@@ -28,7 +29,7 @@ def remount_read_only(sc, path, step, shown=None):
     try:
         f = os.statvfs(path).f_flag
     except OSError as e:
-        raise SetupError(f"{step} {shown or path}: {e.strerror}") from None
+        raise os_error(step, shown or path, e.errno) from None
     for st_flag, ms_flag in _ST_TO_MS:
         if f & st_flag:
             flags |= ms_flag

@@ -4,8 +4,10 @@
 table or a file: mount, umount2, pivot_root, chdir, mkdir, symlink, the files it creates or writes (bind
 targets, generated /etc files, sysctls), sethostname, bringing up lo, signal dispositions, setsid, the
 terminal, closing inherited fds, prctl and capset, the seccomp filter, execve and _exit. Queries (lstat,
-statvfs, the O_PATH lookups of `fs.open_in_root`) go to the filesystem directly. Unit tests pass a recording
-double instead (tests/unit/recording.py) and assert the order of the calls without privileges.
+statvfs, the O_PATH lookups of `fs.open_in_root`) go to the filesystem directly, as do the --init reaper's
+fork, waits and signal forwarding (what it execs goes through here). Unit tests pass a recording double
+instead (tests/unit/recording_syscalls.py) and assert the order of the calls without privileges; a new
+effect on the container side is a new method here and there.
 
 Every method raises a SetupError naming the step, the object and the errno (`mount proc on /proc: Operation not
 permitted`); `shown` names the object when the path is a /proc/self/fd/N handle or says less than the step.
