@@ -27,7 +27,8 @@ Where the leaf goes (discover.py):
   configuration sets `pids_limit` or `cgroup_base`; otherwise only (a) is tried, and nothing is an error.
   Leaf names carry run.py's pid and start time, so leaves of dead run.py instances are recognised and removed.
 
-Hot path (no limits, no --stats): at most one read of /proc/self/cgroup and one access(); nothing imported but os.
+Hot path (no limits, no --stats): at most one read of /proc/self/cgroup and one access(); nothing imported but os
+until a cgroup is going to be used (then pids.py, for its DEFAULT_LIMIT, which create() imports anyway).
 """
 import os
 
