@@ -53,7 +53,7 @@ class Init:
         self.sc = syscalls or Syscalls()
         self.root = spec.rootfs
         self.root_fd = None
-        self.doing = "start the container"     # names the step in an error that does not (a raw OSError)
+        self.doing = "start the container"     # a step or a phase: names an error that does not (a raw OSError)
 
     # --- steps -------------------------------------------------------------------------------------------
     def apply_step(self, step):
@@ -190,7 +190,7 @@ class Init:
             sc.reset_signals()
             sc.setsid()                         # never share the caller's session (TIOCSTI, CVE-2017-5226)
             for step in self.plan:
-                self.doing = step_name(step)
+                self.doing = step
                 self.apply_step(step)
             self.doing = "start the command"
             if spec.tty:
@@ -212,7 +212,8 @@ class Init:
                 reap(sc, spec.argv, env, chan)
             exec_command(sc, spec.argv, env)
         except BaseException as e:          # noqa: BLE001 - everything goes back to the launcher
-            sc.exit(chan.send_error(e, self.doing))
+            doing = self.doing if isinstance(self.doing, str) else step_name(self.doing)
+            sc.exit(chan.send_error(e, doing))
 
 
 def _preload(spec):
