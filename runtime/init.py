@@ -288,7 +288,7 @@ def reap(sc, argv, env, chan):
             sc.reset_signals()
             exec_command(sc, argv, env)
         except ExecError as e:
-            sc.exit(chan.send_error(e))
+            sc.exit(chan.send_error(e, "start the command"))
     sc.set_name("pirun-reaper")
     chan.close()
 
