@@ -51,7 +51,7 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
         os.write(hold_w, b"G")
         os.close(hold_w)
     except BaseException as e:                   # noqa: BLE001 - reported to the launcher
-        os._exit(chan.send_error(e))
+        os._exit(chan.send_error(e, "create the namespaces"))
     # From here on only C reads the channel; I only reports C's end.
     while True:
         try:
@@ -73,6 +73,6 @@ def _container(spec, plan, chan):
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
     except BaseException as e:               # noqa: BLE001
-        os._exit(chan.send_error(e))
+        os._exit(chan.send_error(e, "start the container"))
     from runtime.init import Init
     Init(spec, plan, chan).run()

@@ -10,8 +10,8 @@ Format, hand-parsed (tomllib costs ~10 ms to import, this module only `os`):
 
 One `key = value` a line; blank lines and lines starting with `#` are ignored, as is ` # ...` after a value;
 a value may be quoted with "..." or '...'. cgroup_base may hold `{uid}` and `{user}` (one file serves every
-user of the host); they are kept as written and expanded by the cgroup manager (runtime/cgroup) and by
-`expand_cgroup_base()`. pids_limit is an int: N, or 0 for `0`/`max` (no default limit); None when absent
+user of the host); they are kept as written and expanded only by `expand_cgroup_base()`, which the cgroup
+manager and `--check` call. pids_limit is an int: N, or 0 for `0`/`max` (no default limit); None when absent
 (the cgroup manager's default then applies). Setting pids_limit or cgroup_base asks for cgroups: a host that
 cannot give them is then an error (runtime/cgroup `config_asks`; `run.py --check` makes them required).
 An unknown key, a repeated key or a bad value is a SpecError naming the file, the line and the key. A missing
@@ -75,9 +75,20 @@ def _parse_value(path, lineno, key, value):
     raise AssertionError(key)
 
 
-def expand_cgroup_base(base, uid, user):
-    """cgroup_base with {uid} and {user} replaced."""
-    return base.replace("{uid}", str(uid)).replace("{user}", user)
+def expand_cgroup_base(base, uid=None, user=None):
+    """cgroup_base with {uid} and {user} replaced (default: this process's user; its uid when it has no
+    name), without a trailing slash."""
+    if "{" in base:
+        if uid is None:
+            uid = os.getuid()
+        if user is None and "{user}" in base:
+            import pwd
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = str(uid)
+        base = base.replace("{uid}", str(uid)).replace("{user}", user or "")
+    return base.rstrip("/") or "/"
 
 
 def parse(text, path="<config>"):

@@ -76,13 +76,12 @@ def _write(path, text):
 
 
 class IdMapping:
-    """How IDs are mapped; `full` when the subordinate ranges are mapped too."""
-    __slots__ = ("full", "warning", "gids_inside")
+    """How IDs were mapped: `warning` is None with the subordinate ranges, else the one-line warning of the
+    single mapping."""
+    __slots__ = ("warning",)
 
-    def __init__(self, full, warning, gids_inside):
-        self.full = full
+    def __init__(self, warning):
         self.warning = warning
-        self.gids_inside = gids_inside   # number of gids mapped inside (1 for the single mapping)
 
 
 def write_maps(pid, uid, gid, user):
@@ -106,7 +105,7 @@ def write_maps(pid, uid, gid, user):
             uid_done = True
             problem = _run(newgidmap, pid, _map_args(gid, gid_ranges))
             if problem is None:
-                return IdMapping(True, None, 1 + sum(c for _, c in gid_ranges))
+                return IdMapping(None)
     # Single mapping: the user is 0 inside, nothing else is mapped.
     if not uid_done:
         _write(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
@@ -115,4 +114,4 @@ def write_maps(pid, uid, gid, user):
     warning = (f"{problem}: only your own user is mapped (as root); files owned by other IDs in the rootfs "
                f"show as nobody and chown to them fails; fix: run the pirun_prereqs role, or: "
                f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}")
-    return IdMapping(False, warning, 1)
+    return IdMapping(warning)

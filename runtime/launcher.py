@@ -10,9 +10,8 @@ import _signal
 
 from runtime import steps, sync
 from runtime.errors import EXIT_RUNTIME, PirunError, SetupError
+from runtime.signals import FORWARDED
 
-FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
-             _signal.SIGUSR2, _signal.SIGWINCH)
 # Signals whose default action ends a process (the ones we forward, but SIGWINCH).
 _FATAL = frozenset(FORWARDED) - {_signal.SIGWINCH}
 

@@ -5,7 +5,7 @@ step, the object and the errno: `mount proc on /proc: Operation not permitted`.
 """
 import os
 
-from runtime.errors import SetupError
+from runtime.errors import SetupError, os_error
 
 # <sched.h>
 CLONE_NEWNS = 0x00020000
@@ -79,11 +79,7 @@ def _b(s):
 def check(ret, step, obj=None, fix=None):
     """Raise SetupError for a failed libc call (ret == -1), naming the step, the object and the errno."""
     if ret == -1:
-        err = _ct.get_errno()
-        where = f"{step} {obj}" if obj else step
-        e = SetupError(f"{where}: {os.strerror(err)}", fix)
-        e.errno = err
-        raise e
+        raise os_error(step, obj, _ct.get_errno(), fix)
     return ret
 
 

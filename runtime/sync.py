@@ -2,8 +2,9 @@
 
 One SOCK_SEQPACKET socketpair, created with SOCK_CLOEXEC so the command never inherits it. A message is one
 datagram: a kind byte string, then NUL-separated fields. Unexpected kinds are errors. An error raised on the
-container side travels back as an ERROR message with its class, exit code, message and fix, and is raised again
-in the launcher, so that only run.py's main prints it.
+container side travels back as an ERROR message with its class, exit code, message, fix and errno, and is raised
+again in the launcher, so that only run.py's main prints it. A raw OSError (a call that is not wrapped) becomes a
+SetupError `<step> <object>: <strerror>`, the step being what the container side was doing.
 
 Sequence (-> P to child, <- child to P):
     <- USERNS            I has unshared its user namespace: write the maps, place it in the cgroup
@@ -11,7 +12,7 @@ Sequence (-> P to child, <- child to P):
     <- CHILD pid         I unshared the other namespaces and forked C (PID 1), whose host PID this is
     <- SETUP [fd]        C mounted, pivoted, named itself; in tty mode it passes the pty master fd
     -> GO                network ready (and terminal set up): drop privileges and exec
-    <- ERROR ...         any stage, instead of the expected message
+    <- ERROR class code message fix errno    any stage, instead of the expected message
     <- EXIT code | SIGNAL n   I: how C ended
 """
 import os
@@ -82,22 +83,29 @@ class Channel:
             raise errors.SetupError(f"{stage}: the container process ended unexpectedly")
         raise errors.SetupError(f"{stage}: unexpected message {got.decode(errors='replace')}")
 
-    def send_error(self, exc):
+    def send_error(self, exc, step=None):
+        """Send `exc` as an ERROR message; returns the exit code the sending process should exit with.
+        `step` names what was being done, for an OSError that does not say it."""
+        err = getattr(exc, "errno", None)
         if isinstance(exc, errors.PirunError):
             name, code, message, fix = type(exc).__name__, exc.exit_code, exc.message, exc.fix or ""
         elif isinstance(exc, OSError):
-            name, code, message, fix = "SetupError", errors.EXIT_RUNTIME, f"{exc.strerror or exc}", ""
+            obj = exc.filename2 if exc.filename2 is not None else exc.filename
+            where = " ".join(str(w) for w in (step or "setup", obj) if w is not None)
+            name, code, message, fix = "SetupError", errors.EXIT_RUNTIME, f"{where}: {exc.strerror or exc}", ""
         else:
             name, code, message, fix = "SetupError", errors.EXIT_RUNTIME, f"internal error: {exc!r}", ""
+            err = None
         try:
-            self.send(ERROR, name, code, message, fix)
+            self.send(ERROR, name, code, message, fix, err or "")
         except OSError:
             pass
         return code
 
 
 def error_from_fields(fields):
-    name, code, message, fix = (fields + ["", "125", "unknown error", ""])[:4]
+    """The exception an ERROR message describes (a PirunError subclass, its errno kept)."""
+    name, code, message, fix, err = (fields + ["", "125", "unknown error", "", ""][len(fields):])[:5]
     cls = getattr(errors, name, errors.SetupError)
     if not (isinstance(cls, type) and issubclass(cls, errors.PirunError)):
         cls = errors.SetupError
@@ -105,4 +113,6 @@ def error_from_fields(fields):
         exc = cls(message, fix or None, exit_code=int(code))
     else:
         exc = cls(message, fix or None)
+    if err.isdigit():
+        exc.errno = int(err)
     return exc

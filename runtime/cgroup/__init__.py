@@ -27,7 +27,8 @@ Where the leaf goes (discover.py):
   configuration sets `pids_limit` or `cgroup_base`; otherwise only (a) is tried, and nothing is an error.
   Leaf names carry run.py's pid and start time, so leaves of dead run.py instances are recognised and removed.
 
-Hot path (no limits, no --stats): at most one read of /proc/self/cgroup and one access(); nothing imported but os.
+Hot path (no limits, no --stats): at most one read of /proc/self/cgroup and one access(); nothing imported but os
+until a cgroup is going to be used (then pids.py, for its DEFAULT_LIMIT, which create() imports anyway).
 """
 import os
 
@@ -37,7 +38,7 @@ ROOT = "/sys/fs/cgroup"
 def manager_for(limits, hostcfg=None):
     """The manager for these limits, or None when nothing is asked and nothing is cheaply available."""
     if not (limits.stats or limits.requested() or config_asks(hostcfg)):
-        if _pids_default(hostcfg) == 0 or not _own_cgroup_writable():
+        if not _own_cgroup_writable() or _pids_default(hostcfg) == 0:     # pids is imported only here
             return None
         return CgroupManager(limits, hostcfg, False)
     from runtime.cgroup import cpu, memory, pids
@@ -55,25 +56,14 @@ def config_asks(hostcfg):
 
 
 def _pids_default(hostcfg):
-    """hostconfig `pids_limit`: None/absent -> 2048, 0 or "max" -> no default limit, N -> N."""
+    """hostconfig `pids_limit`: None/absent -> pids.DEFAULT_LIMIT, 0 or "max" -> no default limit, N -> N."""
     value = getattr(hostcfg, "pids_limit", None)
     if value is None:
-        return 2048
+        from runtime.cgroup.pids import DEFAULT_LIMIT
+        return DEFAULT_LIMIT
     if value == "max":
         return 0
     return int(value)
-
-
-def _expand(base):
-    if "{" in base:
-        import pwd
-        uid = os.getuid()
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            user = str(uid)
-        base = base.replace("{uid}", str(uid)).replace("{user}", user)
-    return base.rstrip("/") or "/"
 
 
 def _own_cgroup_writable():

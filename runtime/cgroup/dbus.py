@@ -20,8 +20,12 @@ F_PATH, F_INTERFACE, F_MEMBER, F_ERROR_NAME, F_REPLY_SERIAL, F_DESTINATION, F_SE
 TIMEOUT = 60.0      # seconds; the first scope on a cold, emulated VM can take a while
 
 
-class DBusError(Exception):
-    pass
+class DBusError(CgroupError):
+    """The bus refused, broke or could not express a request. A CgroupError: wherever it surfaces, run.py
+    prints it as one line with the fix and exits 125."""
+
+    def __init__(self, message, fix=None):
+        super().__init__(message, fix or FIX)
 
 
 # -------------------------------------------------------------------------------------------- marshalling

@@ -11,6 +11,7 @@ import os
 from runtime.cgroup import cpu, discover, memory, pids
 from runtime.cgroup.fs import CgroupFS, keyed
 from runtime.errors import CgroupError
+from runtime.hostconfig import expand_cgroup_base
 
 CONTROLLERS = (memory, pids, cpu)
 PREFIX = "pirun-"
@@ -32,11 +33,6 @@ class State:
         self.removed = False
 
 
-def _expand(path):
-    from runtime.cgroup import _expand as expand
-    return expand(path)
-
-
 def create(mgr):
     fs = mgr.fs or CgroupFS()
     probe = mgr.probe or discover.Probe(fs)
@@ -45,7 +41,7 @@ def create(mgr):
     from runtime.cgroup import config_asks
     if config_asks(mgr.hostcfg) and mgr.pids_default:
         wanted.add("pids")                  # the host configuration's default pids limit is required too
-    base = discover.find(probe, mgr.hostcfg, wanted, mgr.required, _expand)
+    base = discover.find(probe, mgr.hostcfg, wanted, mgr.required, expand_cgroup_base)
     if base is None:
         return st
     st.base = base
@@ -197,9 +193,8 @@ def remove(st):
     fs = st.fs
     if st.leaf:
         remove_leaf(fs, st.leaf)
-    if st.scope is not None:
-        st.scope.stop()                     # systemd removes the scope once run.py has exited
-    elif st.run_leaf and st.base is not None:
+    # A systemd scope needs nothing more: systemd removes it once run.py, its last process, has exited.
+    if st.scope is None and st.run_leaf and st.base is not None:
         # own mode: run.py goes back to its cgroup (only possible with the controllers off again)
         if st.enabled:
             try:

@@ -31,9 +31,6 @@ class Scope:
         self.cgroup = cgroup          # cgroup path relative to the mount: "/user.slice/.../pirun-123-456.scope"
         self.holder_pid = holder_pid  # the process that created the scope and sits in it: run.py itself
 
-    def stop(self):
-        """Nothing to do: systemd removes the scope once run.py, its last process, has exited."""
-
 
 def own_cgroup(pid="self"):
     """The cgroup v2 path of `pid` (relative to the mount), or None."""

@@ -194,3 +194,12 @@ def test_import_stays_cheap():
               "signal", "inspect"}
     assert not loaded & banned, loaded & banned
     assert loaded <= {"runtime", "runtime.hostconfig", "runtime.errors", "runtime.net", "runtime.spec"}, loaded
+
+
+def test_cgroup_base_placeholders_default_to_this_user():
+    import pwd
+    uid = os.getuid()
+    assert hostconfig.expand_cgroup_base("/sys/fs/cgroup/u-{uid}/{user}/") == \
+        f"/sys/fs/cgroup/u-{uid}/{pwd.getpwuid(uid).pw_name}"
+    assert hostconfig.expand_cgroup_base("/sys/fs/cgroup/{user}", 3999999999) == "/sys/fs/cgroup/3999999999"
+    assert hostconfig.expand_cgroup_base("/sys/fs/cgroup/") == "/sys/fs/cgroup"
