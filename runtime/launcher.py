@@ -139,6 +139,7 @@ class Launcher:
             os._exit(EXIT_RUNTIME)
         self.i_pid = pid
         child.close()
+        self._after_fork()
         self._check_pending()
 
         parent.expect(sync.USERNS, "create the user namespace")
@@ -160,11 +161,18 @@ class Launcher:
         if spec.tty:
             if not fds:
                 raise SetupError("set up the terminal: no pseudo-terminal received")
-            from runtime.terminal import Terminal
-            self.terminal = Terminal(fds[0])
+            self.terminal = self._make_terminal(fds[0])
             self.terminal.start()
         parent.send(sync.GO)
         return self._wait()
+
+    # --- hooks for the monitor (runtime.lifecycle.monitor) ------------------------------------------------
+    def _after_fork(self):
+        """P, right after forking I."""
+
+    def _make_terminal(self, master):
+        from runtime.terminal import Terminal
+        return Terminal(master)
 
     # --- wait: one loop over one set of fds ---------------------------------------------------------------
     def _watched(self):
