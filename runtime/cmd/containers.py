@@ -346,7 +346,6 @@ def kill(argv, ctx):
                            "container state improper", fix=f"see pirun ps -a; pirun start is not needed: "
                            "pirun run starts containers")
     if opts.get("all"):
-        opts = dict(opts)
         return _each(ctx, [c.id for c in state.load_all(ctx) if c.status == "running"], {}, KILL_USAGE, one)
     return _each(ctx, args, opts, KILL_USAGE, one)
 
@@ -380,8 +379,6 @@ def rm(argv, ctx):
     opts, args = _parse(argv, {"-f": ("force", False), "--force": ("force", False), "-a": ("all", False),
                                "--all": ("all", False), "-i": ("ignore", False), "--ignore": ("ignore", False),
                                "-t": ("time", True), "--time": ("time", True)}, RM_USAGE)
-    if opts.get("force"):
-        opts["ignore"] = opts.get("ignore") or not opts.get("all") and False
 
     def one(c, ref):
         if c.status == "running" or state.lock_held(f"{c.dir}/lock"):
@@ -546,8 +543,8 @@ def _write(chunks):
 
 
 def _follow(c, path, ts):
-    """Print records as the monitor appends them, across rotations, until the container has ended.
-    Waits on the monitor's pidfd with a 100 ms timeout between reads of the file."""
+    """Print records as the monitor appends them, across rotations (up to two between two looks), until the
+    container has ended. Waits on the monitor's pidfd with a 100 ms timeout between reads of the file."""
     from runtime.lifecycle import logs as L
     import select
     try:
@@ -566,17 +563,26 @@ def _follow(c, path, ts):
             while True:
                 data = f.read()
                 if data:
-                    pending += data
-                    lines = pending.split(b"\n")
-                    pending = lines.pop()
-                    _write(L.render([r for r in map(L.parse_record, lines) if r], ts))
+                    pending = _emit_lines(pending + data, ts)
                 try:
                     rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
                 except OSError:
                     rotated = False
                 if not rotated:
                     break
-                f.close()                           # the rest of the old file was read above
+                # the rest of the old file was read above; if it is not ctr.log.1 any more, a second
+                # rotation came before we looked: ctr.log.1 holds what followed it
+                try:
+                    again = os.stat(path + ".1").st_ino != os.fstat(f.fileno()).st_ino
+                except OSError:
+                    again = False
+                f.close()
+                if again:
+                    try:
+                        with open(path + ".1", "rb") as g:
+                            pending = _emit_lines(pending + g.read(), ts)
+                    except OSError:
+                        pass
                 f = open(path, "rb")
             if ended:
                 return
@@ -584,6 +590,15 @@ def _follow(c, path, ts):
         f.close()
         if mon is not None:
             os.close(mon)
+
+
+def _emit_lines(data, ts):
+    """Print the complete records in `data`; return the incomplete rest."""
+    from runtime.lifecycle import logs as L
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    _write(L.render([r for r in map(L.parse_record, lines) if r], ts))
+    return rest
 
 
 # --- exec --------------------------------------------------------------------------------------------------------

@@ -214,21 +214,17 @@ def run_container(ctx, spec, hostcfg, opts, cid, hold=()):
     image's writable-layer lock)."""
     driver, max_size = logs.parse_options(opts.log_driver, opts.log_opts)
     name = state.valid_name(opts.name) if opts.name else state.generated_name(cid)
-    log_path = None
-    if opts.detach and driver == "k8s-file":
-        log_dir = f"{ctx.root}/logs/{cid}"
+    log_dir = f"{ctx.root}/logs/{cid}" if opts.detach and driver == "k8s-file" else None
+    log_path = f"{log_dir}/ctr.log" if log_dir else None
+    config = _config(spec, opts, driver if opts.detach else "passthrough", max_size, log_path)
+    c, lock = state.create(ctx, cid, name, config)
+    if log_dir:
         try:
             os.makedirs(log_dir, mode=0o700)
         except OSError as e:
+            state.remove(ctx, c)
+            os.close(lock)
             raise PirunError(f"create the log directory {log_dir}: {e.strerror}", fix="check --root") from None
-        log_path = f"{log_dir}/ctr.log"
-    config = _config(spec, opts, driver if opts.detach else "passthrough", max_size, log_path)
-    try:
-        c, lock = state.create(ctx, cid, name, config)
-    except BaseException:
-        if log_path:
-            logs.remove(log_path)
-        raise
     if not opts.detach:
         try:
             return Monitor(spec, hostcfg, ctx.warn, ctx, c, detached=False).run()

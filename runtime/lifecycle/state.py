@@ -249,18 +249,26 @@ def generated_name(cid):
 # --- create, find, remove --------------------------------------------------------------------------------------
 def create(ctx, cid, name, config):
     """Make the record of a new container, take its lock and its name. Returns (Container, lock fd): the lock
-    is held by whoever runs the container (inherited by the monitor across fork)."""
+    is held by whoever runs the container (inherited by the monitor across fork). The directory is made
+    under a temporary name and renamed into place once complete: a reader never sees half a record."""
     import fcntl
-    _ensure(containers_dir(ctx))
+    base = containers_dir(ctx)
+    _ensure(base)
     _ensure(names_dir(ctx))
     sweep(ctx)
-    d = f"{containers_dir(ctx)}/{cid}"
-    os.mkdir(d, 0o700)
-    lock = os.open(f"{d}/lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    tmp = f"{base}/.new-{cid}-{os.getpid()}"
+    os.mkdir(tmp, 0o700)
+    lock = os.open(f"{tmp}/lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        write_record(f"{d}/config", dict(config, id=cid, name=name))
-        write_record(f"{d}/state", {"status": "created"})
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_record(f"{tmp}/config", dict(config, id=cid, name=name))
+        write_record(f"{tmp}/state", {"status": "created"})
+        os.rename(tmp, f"{base}/{cid}")
+    except BaseException:
+        _rmflat(tmp)
+        os.close(lock)
+        raise
+    try:
         _claim(ctx, name, cid)
     except BaseException:
         _remove_dir(ctx, cid)
@@ -271,7 +279,7 @@ def create(ctx, cid, name, config):
 
 def all_ids(ctx):
     try:
-        return sorted(e for e in os.listdir(containers_dir(ctx)) if len(e) == ID_LEN and not e.startswith("."))
+        return sorted(e for e in os.listdir(containers_dir(ctx)) if len(e) == ID_LEN)
     except OSError:
         return []
 
@@ -302,7 +310,8 @@ def lookup(ctx, ref):
 
 
 def remove(ctx, c):
-    """Remove a container's record, name and log (the caller made sure nothing of it runs)."""
+    """Remove a container's record, name and log (the caller made sure nothing of it runs). The record goes
+    last: a log directory without a record is debris for sweep()."""
     release_name(ctx, c.name, c.id)
     log = c.config.get("log_path")
     if log:
@@ -336,28 +345,27 @@ def _rmflat(d):
 
 
 def sweep(ctx):
-    """Remove what a pirun process killed mid-way leaves: directories being removed (.rm-*), and records
-    that never got past their creation (no config: the creator died in its first microseconds)."""
+    """Remove what a pirun process killed mid-way leaves: directories being made (.new-ID-PID) or removed
+    (.rm-ID-PID) by a process that is gone, and log directories of containers without a record (a record is
+    made before its log directory and removed after it)."""
     base = containers_dir(ctx)
     try:
         entries = os.listdir(base)
     except OSError:
-        return
+        entries = []
     for e in entries:
-        if e.startswith(".rm-"):
+        if e.startswith((".rm-", ".new-")):
             pid = e.rsplit("-", 1)[-1]
             if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
                 _rmflat(f"{base}/{e}")
-        elif len(e) == ID_LEN and not os.path.exists(f"{base}/{e}/config") and _older(f"{base}/{e}", 10) \
-                and not lock_held(f"{base}/{e}/lock"):
-            _rmflat(f"{base}/{e}")
-
-
-def _older(path, seconds):
+    logs_dir = f"{ctx.root}/logs"
     try:
-        return os.stat(path).st_mtime < time.time() - seconds
+        logs = os.listdir(logs_dir)
     except OSError:
-        return False
+        return
+    for e in logs:
+        if len(e) == ID_LEN and not os.path.exists(f"{base}/{e}"):
+            _rmflat(f"{logs_dir}/{e}")
 
 
 def now():
