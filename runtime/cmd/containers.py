@@ -11,15 +11,12 @@ import _signal
 
 from runtime.errors import PirunError, SpecError
 from runtime.lifecycle import state
+from runtime.lifecycle.state import Improper
 
 # Signals the monitor relays to the container's PID 1 (carrying out the default action PID 1 would not):
 # sent to the monitor. Others go to PID 1 directly.
 _RELAYED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2,
             _signal.SIGWINCH)
-
-
-class Improper(PirunError):
-    """podman's "container state improper"."""
 
 
 def _parse(argv, table, usage, rest_after_first=False):
@@ -431,7 +428,7 @@ def inspect_data(c):
                        "AutoRemove": bool(cfg.get("remove")), "ReadonlyRootfs": bool(cfg.get("read_only")),
                        "LogConfig": {"Type": cfg.get("log_driver"), "Path": cfg.get("log_path") or "",
                                      "Size": str(cfg.get("log_max_size") or "")},
-                       "CapAdd": [], "Init": bool(cfg.get("init")), "CgroupPath": st.get("cgroup") or ""},
+                       "Init": bool(cfg.get("init")), "CgroupPath": st.get("cgroup") or ""},
         "Config": {"Hostname": cfg.get("hostname"), "Env": [f"{k}={v}" for k, v in cfg.get("env", ())],
                    "Cmd": cmd, "WorkingDir": cfg.get("workdir"), "Tty": bool(cfg.get("tty")),
                    "StopSignal": cfg.get("stop_signal") or 15},
@@ -610,13 +607,13 @@ def exec_(argv, ctx):
     opts, args = _parse(argv, {"-i": ("interactive", False), "--interactive": ("interactive", False),
                                "-t": ("tty", False), "--tty": ("tty", False), "-e": ("env", True),
                                "--env": ("env", True), "-w": ("workdir", True), "--workdir": ("workdir", True),
-                               "-u": ("user", True), "--user": ("user", True),
-                               "--privileged": ("privileged", False)}, EXEC_USAGE, rest_after_first=True)
+                               "-u": ("user", True), "--user": ("user", True)}, EXEC_USAGE,
+                        rest_after_first=True)
     if len(args) < 2:
         raise SpecError("exec needs a container and a command", fix=EXEC_USAGE)
     c = state.lookup(ctx, args[0])
     if c.status != "running":
-        raise Improper(f"can only create exec sessions on running containers: container state improper",
+        raise Improper("can only create exec sessions on running containers: container state improper",
                        fix=f"{args[0]} is {c.status}; see pirun ps -a")
     from runtime.lifecycle import exec as X
     return X.run(c, args[1:], opts)

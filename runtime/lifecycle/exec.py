@@ -68,8 +68,8 @@ class Exec(Launcher):
         c = self.container
         pidfd = c.pidfd("pid")
         if pidfd is None:
-            from runtime.cmd.containers import Improper
-            raise Improper("can only create exec sessions on running containers: container state improper")
+            raise state.Improper("can only create exec sessions on running containers: "
+                                 "container state improper")
         cfg = c.config
         try:
             flags = namespace_flags(c.state["pid"])
@@ -290,5 +290,3 @@ def run(c, argv, opts):
 def _warn(text, prefix="warning: "):
     os.write(2, f"pirun: {prefix}{text}\n".encode(errors="replace"))
 
-
-__all__ = ("run", "namespace_flags", "state")

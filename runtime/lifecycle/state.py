@@ -34,6 +34,10 @@ class NoSuchContainer(PirunError):
                          fix="see pirun ps -a")
 
 
+class Improper(PirunError):
+    """podman's "container state improper": the command does not apply to the container as it is."""
+
+
 def containers_dir(ctx):
     return f"{ctx.runroot}/containers"
 

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stress"))
 
 from conftest import REPO, ROOTFS, container_user, user_env, user_kwargs  # noqa: E402
-from stress_helpers import Snapshot, reap_all, subreaper, wait_no_descendants  # noqa: E402,F401
+from stress_helpers import Snapshot, reap_all, subreaper  # noqa: E402
 
 PIRUN = REPO / "runtime" / "pirun"
 

@@ -1,7 +1,7 @@
 """stats where the container has no cgroup, and what run.py's path does not pay for."""
 import subprocess
 
-from conftest import REPO, ROOTFS, RUN, user_env, user_kwargs
+from conftest import ROOTFS, RUN, user_env, user_kwargs
 from lc_helpers import one_line_error, pirun  # noqa: F401  (fixture)
 
 
@@ -30,4 +30,3 @@ def test_run_py_imports_no_lifecycle_code():
     bad = sorted(m for m in modules if m.startswith(("runtime.lifecycle", "runtime.cmd", "runtime.image"))
                  or m in ("json", "select", "subprocess", "socket", "signal", "re", "dataclasses", "typing"))
     assert bad == [], bad
-    assert REPO

@@ -2,7 +2,7 @@
 import os
 import time
 
-from conftest import ROOTFS, alive
+from conftest import alive
 from lc_helpers import one_line_error, pirun  # noqa: F401  (fixture)
 
 TRAP = "trap 'echo got-{sig}; exit {code}' {sig}; echo ready; while :; do sleep 0.05; done"
@@ -165,4 +165,3 @@ def test_exited_record_of_a_run_with_volume_and_ports_text(pirun):
     assert f"127.0.0.1:{port}->80/tcp" in row
     assert pirun.inspect("p")["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1",
                                                                          "HostPort": str(port)}]}
-    assert ROOTFS
