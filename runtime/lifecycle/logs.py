@@ -135,10 +135,30 @@ def journal_fields(message, priority, cid, name, image, tag, partial):
     return b"".join(out)
 
 
+def journal_socket():
+    return os.environ.get("PIRUN_JOURNAL_SOCKET") or JOURNAL_SOCKET
+
+
+def check_journal():
+    """--log-driver journald needs a journal to write to: checked before the container starts (a requested
+    log that cannot be kept is an error, not lost lines)."""
+    import _socket
+    from runtime.errors import SpecError
+    path = journal_socket()
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except OSError as e:
+        raise SpecError(f"--log-driver journald: {path}: {e.strerror}",
+                        fix="run systemd-journald (systemd hosts), or use --log-driver k8s-file") from None
+    finally:
+        s.close()
+
+
 class JournalLog:
     def __init__(self, cid, name, image, tag=None, path=None):
         import _socket
-        self.addr = path or os.environ.get("PIRUN_JOURNAL_SOCKET") or JOURNAL_SOCKET
+        self.addr = path or journal_socket()
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         self.meta = (cid, name, image, tag)
         self.lost = 0

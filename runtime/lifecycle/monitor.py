@@ -210,9 +210,12 @@ class _LogTerminal:
 # --- starting a recorded container --------------------------------------------------------------------------------
 def run_container(ctx, spec, hostcfg, opts, cid, hold=()):
     """`pirun run -d` / `pirun run --name`: record the container, then run its monitor (forked and detached
-    with -d, in this process without). `hold`: fds the monitor keeps open for the container's life (the
-    image's writable-layer lock)."""
+    with -d, in this process without). `hold`: fds that must stay open while the container lives (the image's
+    writable-layer lock): the monitor has them (a fork inherits them) until it exits; the container's
+    intermediate process too, so they are closed exactly when nothing of the container is left."""
     driver, max_size = logs.parse_options(opts.log_driver, opts.log_opts)
+    if opts.detach and driver == "journald":
+        logs.check_journal()
     name = state.valid_name(opts.name) if opts.name else state.generated_name(cid)
     log_dir = f"{ctx.root}/logs/{cid}" if opts.detach and driver == "k8s-file" else None
     log_path = f"{log_dir}/ctr.log" if log_dir else None

@@ -4,6 +4,7 @@ import socket
 import threading
 import time
 
+from conftest import ROOTFS
 from lc_helpers import one_line_error, pirun  # noqa: F401  (fixture)
 
 
@@ -94,6 +95,14 @@ def test_journald_driver_writes_the_native_protocol(pirun, shared_tmp):
     line = one_line_error(pirun("logs", "jd"))
     assert "journalctl CONTAINER_NAME=jd" in line
     assert not (pirun.root / "logs" / cid).exists()
+
+
+def test_journald_driver_without_a_journal_is_an_error(pirun, shared_tmp):
+    r = pirun("run", "-d", "--log-driver", "journald", "--net", "none", "--rootfs", ROOTFS, "true",
+              env={"PIRUN_JOURNAL_SOCKET": str(shared_tmp / "no-journal.sock")})
+    line = one_line_error(r)
+    assert "--log-driver journald" in line and "No such file" in line
+    assert pirun.ps() == [] and pirun.leftovers() == []
 
 
 def _parse(datagram):
