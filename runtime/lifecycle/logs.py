@@ -92,14 +92,19 @@ class FileLog:
     def __init__(self, path, max_size=DEFAULT_MAX_SIZE):
         self.path = path
         self.max_size = max_size
+        self.lost = 0                               # records that could not be written (disk full)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
 
     def write(self, stream, line, full):
         record = b"%s %s %s %s\n" % (timestamp().encode(), stream.encode(), b"F" if full else b"P", line)
-        if self.size and self.size + len(record) > self.max_size:
-            self.rotate()
-        os.write(self.fd, record)
+        try:
+            if self.size and self.size + len(record) > self.max_size:
+                self.rotate()
+            os.write(self.fd, record)
+        except OSError:
+            self.lost += 1                          # a full disk must not end the container: drop the line
+            return
         self.size += len(record)
 
     def rotate(self):

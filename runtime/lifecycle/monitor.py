@@ -26,8 +26,9 @@ _STARTING = ("pirun-ns", "pirun-init")
 
 
 class Monitor(Launcher):
-    def __init__(self, spec, hostcfg, warn, ctx, container, detached, notify=None):
+    def __init__(self, spec, hostcfg, warn, ctx, container, detached, notify=None, hold=()):
         super().__init__(spec, hostcfg, warn)
+        self.hold = hold                     # fds kept open until the container is over (the image's lock)
         self.ctx = ctx
         self.container = container
         self.detached = detached
@@ -158,11 +159,18 @@ class Monitor(Launcher):
         if not self.started:                 # never ran: leave nothing behind, say why
             self._tell(f"error {code} {error or 'the container did not start'}")
             state.remove(self.ctx, c)
+            self._release()
             return
         c.update(status="exited", exit_code=code, finished_at=state.now(), error=error,
                  oom=bool(self.ended and self.cgroup is not None and self.cgroup.result(self.ended)))
         if c.config.get("remove"):
             state.remove(self.ctx, c)
+        self._release()
+
+    def _release(self):
+        for fd in self.hold:
+            os.close(fd)
+        self.hold = ()
 
 
 class _LogTerminal:
@@ -230,13 +238,13 @@ def run_container(ctx, spec, hostcfg, opts, cid, hold=()):
             raise PirunError(f"create the log directory {log_dir}: {e.strerror}", fix="check --root") from None
     if not opts.detach:
         try:
-            return Monitor(spec, hostcfg, ctx.warn, ctx, c, detached=False).run()
+            return Monitor(spec, hostcfg, ctx.warn, ctx, c, detached=False, hold=hold).run()
         finally:
             os.close(lock)
-    return _detach(ctx, spec, hostcfg, c, lock)
+    return _detach(ctx, spec, hostcfg, c, lock, hold)
 
 
-def _detach(ctx, spec, hostcfg, c, lock):
+def _detach(ctx, spec, hostcfg, c, lock, hold):
     import sys
     sys.stdout.flush()
     sys.stderr.flush()
@@ -246,12 +254,14 @@ def _detach(ctx, spec, hostcfg, c, lock):
         code = 125
         try:
             os.close(r)
-            code = _monitor_main(ctx, spec, hostcfg, c, w)
+            code = _monitor_main(ctx, spec, hostcfg, c, w, hold)
         except BaseException:            # noqa: BLE001 - already recorded and told by the monitor
             pass
         os._exit(code)
     os.close(w)
-    os.close(lock)                       # the monitor holds it now
+    os.close(lock)                       # the monitor holds it now, and `hold`
+    for fd in hold:
+        os.close(fd)
     message = b""
     while not message.endswith(b"\n"):
         try:
@@ -289,7 +299,7 @@ def _detach(ctx, spec, hostcfg, c, lock):
                      fix="see pirun ps -a; try again")
 
 
-def _monitor_main(ctx, spec, hostcfg, c, notify):
+def _monitor_main(ctx, spec, hostcfg, c, notify, hold):
     os.setsid()                          # no controlling terminal, not in the caller's process group
     os.chdir("/")
     null = os.open("/dev/null", os.O_RDWR)
@@ -298,7 +308,7 @@ def _monitor_main(ctx, spec, hostcfg, c, notify):
     os.close(null)
     from runtime import libc
     libc.set_name("pirun-monitor")
-    return Monitor(spec, hostcfg, lambda *a, **k: None, ctx, c, detached=True, notify=notify).run()
+    return Monitor(spec, hostcfg, lambda *a, **k: None, ctx, c, detached=True, notify=notify, hold=hold).run()
 
 
 def _config(spec, opts, driver, max_size, log_path):

@@ -146,3 +146,12 @@ def test_status_text(ctx):
     c.update(status="exited", exit_code=0, finished_at=200.0)
     os.close(lock)
     assert status_text(state.Container(ctx, c.id), 320.0) == "Exited (0) 2 minutes ago"
+
+
+def test_a_failing_log_write_drops_the_line_and_goes_on(tmp_path):
+    log = logs.FileLog(str(tmp_path / "ctr.log"))
+    os.close(log.fd)
+    log.fd = os.open("/dev/full", os.O_WRONLY)                  # ENOSPC on every write
+    log.write("stdout", b"lost", True)
+    assert log.lost == 1
+    log.close()
