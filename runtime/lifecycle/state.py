@@ -53,6 +53,28 @@ def _ensure(path):
         raise SpecError(f"create {path}: {e.strerror}", fix="check --runroot and $XDG_RUNTIME_DIR") from None
 
 
+def check_private(runroot):
+    """The state directory and its parent must be this user's alone (the default without a login session
+    lives under /tmp, where another user could have made the directory first): runroot owned by us, not a
+    symlink, writable by nobody else; its parent ours, or root's and sticky if others may write it."""
+    import stat
+    uid = os.getuid()
+    fix = "use --runroot DIR in a directory of your own (or log in for $XDG_RUNTIME_DIR)"
+    parent = os.path.dirname(runroot.rstrip("/")) or "/"
+    for path, is_parent in ((parent, True), (runroot, False)):
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise SpecError(f"state directory {path}: {e.strerror}", fix=fix) from None
+        if stat.S_ISLNK(st.st_mode) and not is_parent:
+            raise SpecError(f"state directory {path} is a symbolic link", fix=fix)
+        owner_ok = st.st_uid == uid or (is_parent and st.st_uid == 0)
+        others_write = st.st_mode & 0o022
+        if not owner_ok or (others_write and not (is_parent and st.st_uid == 0 and st.st_mode & stat.S_ISVTX)):
+            raise SpecError(f"state directory {path} is not private to uid {uid} (owner {st.st_uid}, mode "
+                            f"{oct(st.st_mode & 0o7777)[2:]})", fix=fix)
+
+
 def write_record(path, data):
     """Atomically replace `path` with the marshalled dict `data` (temp file in the same directory + rename)."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -257,6 +279,8 @@ def create(ctx, cid, name, config):
     under a temporary name and renamed into place once complete: a reader never sees half a record."""
     import fcntl
     base = containers_dir(ctx)
+    _ensure(ctx.runroot)
+    check_private(ctx.runroot)
     _ensure(base)
     _ensure(names_dir(ctx))
     sweep(ctx)

@@ -155,3 +155,23 @@ def test_a_failing_log_write_drops_the_line_and_goes_on(tmp_path):
     log.write("stdout", b"lost", True)
     assert log.lost == 1
     log.close()
+
+
+def test_state_directory_must_be_private(tmp_path):
+    mine = tmp_path / "run"
+    mine.mkdir(mode=0o700)
+    state.check_private(str(mine))
+    mine.chmod(0o777)
+    with pytest.raises(SpecError, match="not private"):
+        state.check_private(str(mine))
+    mine.chmod(0o700)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(SpecError, match="symbolic link"):
+        state.check_private(str(link))
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, 65534, 65534)                               # made by another user first (we run as root)
+    (other / "run").mkdir()
+    with pytest.raises(SpecError, match="not private"):
+        state.check_private(str(other / "run"))
