@@ -140,10 +140,12 @@ def test_kill_9_of_pirun_exec_takes_its_process_along(pirun):
     pirun.detach("sleep", "300", name="k")
     proc = pirun.popen("exec", "k", "sh", "-c", "echo started; exec sleep 299")
     assert proc.stdout.readline() == "started\n"
-    sleepers = [p for p in _pids_named("sleep") if _cmdline(p) == b"sleep\x00299\x00"]
+    from conftest import wait_for
+    sleepers = wait_for(lambda: [p for p in _pids_named("sleep") if _cmdline(p) == b"sleep\x00299\x00"],
+                        what="the exec'd sleep")                   # sh execs it right after the echo
     assert len(sleepers) == 1
     proc.kill()
-    proc.wait()
+    proc.communicate()
     from lc_helpers import reap_all
     deadline = time.monotonic() + 3
     while os.path.exists(f"/proc/{sleepers[0]}") and _state(sleepers[0]) != "Z":
