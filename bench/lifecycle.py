@@ -176,6 +176,29 @@ def main():
                 subprocess.run(podman + ["rm", "-f", "-t", "0", "pirun-bench"], capture_output=True)
         print(f"pirun monitor + helper: {total / 1024:.1f} MB PSS (target <= 12 MB: "
               f"{'met' if total <= PSS_TARGET_KB else 'MISSED'})")
+        p("rm", "-f", "-a")
+
+        print("\n4. start of a detached container (`run -d ... true` until it returns; rm between rounds)")
+        starts = {"pirun run -d --net none": [], "pirun run -d (slirp4netns)": []}
+        podman = ["podman", "--runtime", "runc"]
+        use_podman = not args.no_podman and shutil.which("podman")
+        if use_podman:
+            starts["podman run -d --network none"] = []
+            starts["podman run -d (slirp4netns)"] = []
+        for i in range(max(5, args.rounds // 3)):
+            for k in starts:
+                net = ["--net", "none"] if "pirun" in k and "none" in k else []
+                if k.startswith("pirun"):
+                    argv = pirun + ["run", "-d", "--name", "bench-start", *net, "--rootfs", args.rootfs, "true"]
+                    starts[k].append(spawn_wait(argv))
+                    p("rm", "-f", "bench-start")
+                else:
+                    net = ["--network", "none"] if "none" in k else []
+                    argv = [shutil.which("podman"), "--runtime", "runc", "run", "-d", "--name", "pirun-bench-start",
+                            *net, "--rootfs", args.rootfs, "true"]
+                    starts[k].append(spawn_wait(argv))
+                    subprocess.run(podman + ["rm", "-f", "-t", "0", "pirun-bench-start"], capture_output=True)
+        table(starts)
     finally:
         subprocess.run(pirun + ["rm", "-f", "-a"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
