@@ -1,16 +1,17 @@
 """The launcher, process P: host-side work only.
 
 Plans the setup steps, forks I (runtime.child), writes its ID maps, places it in the cgroup, starts the network
-helper, hands the terminal over, forwards signals to the container's PID 1, waits, and turns how the container
-ended into run.py's exit code. Cleans up on every path: network helper, cgroup, terminal, and I (whose death
+helper, hands the terminal over, forwards signals to the container's PID 1, waits (one poll loop over the
+channel, the helper's pidfd, the terminal and what a subclass adds), and turns how the container ended (an
+`Ended` record) into run.py's exit code. Cleans up on every path: network helper, cgroup, terminal, and I (whose death
 takes the container with it).
 """
 import os
 import _signal
 
 from runtime import steps, sync
-from runtime.spec import Record
 from runtime.errors import EXIT_RUNTIME, PirunError, SetupError
+from runtime.spec import Record
 
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
              _signal.SIGUSR2, _signal.SIGWINCH)
