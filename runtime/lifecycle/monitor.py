@@ -308,7 +308,13 @@ def _monitor_main(ctx, spec, hostcfg, c, notify, hold):
     os.close(null)
     from runtime import libc
     libc.set_name("pirun-monitor")
-    return Monitor(spec, hostcfg, lambda *a, **k: None, ctx, c, detached=True, notify=notify, hold=hold).run()
+    try:
+        mon = Monitor(spec, hostcfg, lambda *a, **k: None, ctx, c, detached=True, notify=notify, hold=hold)
+    except OSError as e:                 # the log cannot be opened: say so, leave nothing
+        os.write(notify, f"error 125 open the log {c.config.get('log_path')}: {e.strerror}\n".encode())
+        state.remove(ctx, c)
+        return 125
+    return mon.run()
 
 
 def _config(spec, opts, driver, max_size, log_path):
