@@ -1,8 +1,9 @@
 """The launcher, process P: host-side work only.
 
 Plans the setup steps, forks I (runtime.child), writes its ID maps, places it in the cgroup, starts the network
-helper, hands the terminal over, forwards signals to the container's PID 1, waits, and turns how the container
-ended into run.py's exit code. Cleans up on every path: network helper, cgroup, terminal, and I (whose death
+helper, hands the terminal over, forwards signals to the container's PID 1, waits (one poll loop over the
+channel, the helper's pidfd, the terminal and what a subclass adds), and turns how the container ended (an
+`Ended` record) into run.py's exit code. Cleans up on every path: network helper, cgroup, terminal, and I (whose death
 takes the container with it).
 """
 import os
@@ -11,6 +12,7 @@ import _signal
 from runtime import steps, sync
 from runtime.errors import EXIT_RUNTIME, PirunError, SetupError
 from runtime.signals import FORWARDED
+from runtime.spec import Record
 
 # Signals whose default action ends a process (the ones we forward, but SIGWINCH).
 _FATAL = frozenset(FORWARDED) - {_signal.SIGWINCH}
@@ -35,7 +37,21 @@ def _sig_mask(pid, field):
     return 0
 
 
+class Ended(Record):
+    """How the container's PID 1 ended: it exited with `code`, it was killed by `signal`, or the container
+    side was `lost` (process I vanished, or it reported an error instead)."""
+    __slots__ = ("code", "signal", "lost")
+    _defaults = {"code": None, "signal": None, "lost": False}
+
+    def exit_code(self):
+        """run.py's exit status: the command's own, or 128+N for signal N."""
+        return 128 + self.signal if self.signal is not None else self.code
+
+
 class Launcher:
+    tick = None                      # ms: call _tick() when nothing happened for that long (None: never)
+    stdio = None                     # (stdin, stdout, stderr) fds for the container, else the caller's
+
     def __init__(self, spec, hostcfg, warn):
         self.spec = spec
         self.hostcfg = hostcfg
@@ -49,6 +65,7 @@ class Launcher:
         self.cgroup = None
         self.chan = None
         self.error = None            # an error reported by the container side
+        self.ended = None            # Ended, once the container is over
 
     # --- signals -----------------------------------------------------------------------------------------
     def _on_signal(self, sig, _frame):
@@ -114,11 +131,15 @@ class Launcher:
         pid = os.fork()
         if pid == 0:
             parent.close()
+            if self.stdio is not None:
+                for target, fd in enumerate(self.stdio):
+                    os.dup2(fd, target)
             from runtime.child import intermediate
             intermediate(spec, plan, child, me, self.backend.unshare_net)    # never returns
             os._exit(EXIT_RUNTIME)
         self.i_pid = pid
         child.close()
+        self._after_fork()
         self._check_pending()
 
         parent.expect(sync.USERNS, "create the user namespace")
@@ -140,69 +161,96 @@ class Launcher:
         if spec.tty:
             if not fds:
                 raise SetupError("set up the terminal: no pseudo-terminal received")
-            from runtime.terminal import Terminal
-            self.terminal = Terminal(fds[0])
+            self.terminal = self._make_terminal(fds[0])
             self.terminal.start()
         parent.send(sync.GO)
         return self._wait()
 
-    def _wait(self):
-        result = []
+    # --- hooks for the monitor (runtime.lifecycle.monitor) ------------------------------------------------
+    def _after_fork(self):
+        """P, right after forking I."""
 
-        def on_message():
-            kind, fields, fds = self.chan.recv()
-            for fd in fds:
-                os.close(fd)
-            if kind == sync.ERROR:
-                self.error = sync.error_from_fields(fields)
-                return False
-            if kind == sync.EXIT:
-                result.append(("exit", int(fields[0])))
-            elif kind == sync.SIGNAL:
-                result.append(("signal", int(fields[0])))
-            elif kind is None:
-                result.append(("lost", 0))
-            return bool(result)
+    def _make_terminal(self, master):
+        from runtime.terminal import Terminal
+        return Terminal(master)
 
+    # --- wait: one loop over one set of fds ---------------------------------------------------------------
+    def _watched(self):
+        """fd -> handler(fd) for everything the launcher waits on while the container runs: the channel (how
+        the container ended), the network helper's pidfd, the terminal's two ends, and what a subclass adds
+        (the monitor's log pipes). A handler returns False to stop watching its fd."""
+        watched = {self.chan.fileno(): self._on_channel}
+        for fd in self.backend.watch_fds():
+            watched[fd] = self._on_helper
         if self.terminal is not None:
-            self.terminal.pump(self.chan, on_message)
-        else:
-            watch = self.backend.watch_fds() if hasattr(self.backend, "watch_fds") else ()
-            if watch:
-                import select
-                watch = list(watch)
-                while not result:
-                    r, _, _ = select.select([self.chan.fileno()] + watch, [], [])
-                    for fd in r:
-                        if fd in watch:
-                            notice = self.backend.poll()
-                            if notice:
-                                self.warn(notice)
-                            watch.remove(fd)
-                    if self.chan.fileno() in r:
-                        on_message()
+            watched.update(self.terminal.handlers())
+        return watched
+
+    def _on_channel(self, _fd):
+        kind, fields, fds = self.chan.recv()
+        for fd in fds:
+            os.close(fd)
+        if kind == sync.ERROR:
+            self.error = sync.error_from_fields(fields)     # I reports C's end next
+        elif kind == sync.EXIT:
+            self.ended = Ended(code=int(fields[0]))
+        elif kind == sync.SIGNAL:
+            self.ended = Ended(signal=int(fields[0]))
+        elif kind is None:
+            self.ended = Ended(lost=True)
+            return False
+        return True
+
+    def _on_helper(self, _fd):
+        notice = self.backend.poll()
+        if notice:
+            self.warn(notice)
+        return False                                # a helper dies once
+
+    def _tick(self):
+        """Called when `tick` ms pass without an event (subclasses that set `tick`)."""
+
+    def _wait(self):
+        watched = self._watched()
+        poller = None
+        while self.ended is None:
+            if len(watched) == 1 and self.tick is None:
+                ready = tuple(watched)              # one fd: the blocking read is the wait (no import)
             else:
-                while not on_message():
-                    pass
+                if poller is None:
+                    import select
+                    poller = select.poll()
+                    for fd in watched:
+                        poller.register(fd, select.POLLIN)
+                ready = [fd for fd, _ in poller.poll(self.tick)]
+                if not ready:
+                    self._tick()
+            for fd in ready:
+                if fd in watched and not watched[fd](fd):
+                    del watched[fd]
+                    if poller is not None:
+                        poller.unregister(fd)
+        if self.terminal is not None:
+            self.terminal.drain()
+        return self._finish(self.ended)
+
+    def _finish(self, ended):
+        """The exit code for how the container ended; raises what the container side reported."""
         if self.error is not None:
             raise self.error
-        how, value = result[0]
-        status = None
-        if how == "lost":
+        if ended.lost:
             _, status = os.waitpid(self.i_pid, 0)
             self.i_pid = None
             raise SetupError(f"the container's supervisor process ended unexpectedly (status {status})")
         if self.cgroup is not None:
-            line = self.cgroup.result((how, value))
+            line = self.cgroup.result(ended)
             if line:
                 self.warn(line, prefix="")
             if self.spec.limits.stats:
                 self.warn(self.cgroup.stats(), prefix="")
-        if how == "signal":
-            if value == _signal.SIGKILL and self.emulated is not None:
-                return 128 + self.emulated
-            return 128 + value
-        return value
+        if ended.signal == _signal.SIGKILL and self.emulated is not None:
+            return 128 + self.emulated
+        return ended.exit_code()
 
     def _cleanup(self):
         if self.terminal is not None:

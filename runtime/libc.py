@@ -153,3 +153,13 @@ _FLAG_NAMES = ((CLONE_NEWUSER, "user"), (CLONE_NEWNS, "mount"), (CLONE_NEWPID, "
 
 def _flag_names(flags):
     return "+".join(name for bit, name in _FLAG_NAMES if flags & bit) + " namespaces"
+
+
+# --- setns (pirun exec: runtime.lifecycle.exec) ------------------------------------------------------------------
+def setns(fd, nstype, step="setns"):
+    """setns(2); with a pidfd, several CLONE_NEW* flags enter those namespaces of the process at once
+    (Linux 5.8+), the user namespace first."""
+    lib = _load()
+    lib.setns.argtypes = [_ct.c_int, _ct.c_int]
+    lib.setns.restype = _ct.c_int
+    return check(lib.setns(fd, nstype), step, _flag_names(nstype))

@@ -41,32 +41,25 @@ class Terminal:
             os.close(self.master)
             self.master = None
 
-    def pump(self, chan, on_message):
-        """Copy bytes until on_message(...) returns True for a message from the channel; then drain the
-        terminal's remaining output."""
-        master = self.master
-        watch = [master, chan.fileno(), 0]
-        done = False
-        while not done:
-            try:
-                readable, _, _ = select.select(watch, [], [])
-            except InterruptedError:
-                continue
-            if 0 in readable:
-                try:
-                    data = os.read(0, 65536)
-                except OSError:
-                    data = b""
-                if data:
-                    _write_all(master, data)
-                else:
-                    watch.remove(0)                     # caller's stdin closed: keep showing output
-            if master in readable and not self._copy_out():
-                watch.remove(master)
-            if chan.fileno() in readable:
-                done = on_message()
-        while self.master is not None:              # drain what the command wrote before it ended
-            r, _, _ = select.select([master], [], [], 0.05)
+    def handlers(self):
+        """fd -> handler for the launcher's event loop: the caller's keys into the pseudo-terminal, the
+        command's output onto the caller's stdout. A handler returns False when its fd is done."""
+        return {0: self._copy_in, self.master: lambda _fd: self._copy_out()}
+
+    def _copy_in(self, _fd):
+        try:
+            data = os.read(0, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            return False                            # caller's stdin closed: keep showing output
+        _write_all(self.master, data)
+        return True
+
+    def drain(self):
+        """After the command ended: copy what it wrote before it ended."""
+        while self.master is not None:
+            r, _, _ = select.select([self.master], [], [], 0.05)
             if not r or not self._copy_out():
                 break
 

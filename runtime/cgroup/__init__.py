@@ -8,7 +8,8 @@
                           it unshares its cgroup namespace (the command is never unconfined)
     mgr.release(pid)      P, once I has forked PID 1 in the leaf: move I back out (only the container's
                           processes count against its limits and face its OOM killer)
-    mgr.result(status)    P, after exit: the OOM line when the kernel's OOM killer ended the container, or None
+    mgr.result(ended)     P, after exit (`ended`: the launcher's Ended record): the OOM line when the
+                          kernel's OOM killer ended the container, or None
     mgr.stats()           --stats: one line read from the leaf (call before remove())
     mgr.remove()          every exit path; idempotent; also cleans leaves of dead run.py instances
 
@@ -109,11 +110,12 @@ class CgroupManager:
             from runtime.cgroup.manager import release
             release(self.state, pid)
 
-    def result(self, status):
+    def result(self, ended):
+        """`ended`: the launcher's Ended record."""
         if self.state is None or not self.state.leaf:
             return None
         from runtime.cgroup.manager import result
-        return result(self.state, status)
+        return result(self.state, ended)
 
     def stats(self):
         if self.state is None or not self.state.leaf:

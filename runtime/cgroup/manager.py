@@ -146,24 +146,15 @@ def _add(st, pid):
         raise CgroupError(f"cgroup add pid {pid}: it is in {v2!r}, not in {st.leaf}")
 
 
-def killed_by_sigkill(status):
-    """True for ("signal", 9) / ("exit", 137) (the launcher's form), a raw wait status of SIGKILL or of
-    exit(137) (a shell reporting its killed child), an exit code 137, or -9."""
-    if status is None:
-        return False
-    if isinstance(status, tuple):           # the launcher's ("exit", code) / ("signal", number)
-        how, value = status
-        return (how == "signal" and value == 9) or (how == "exit" and value == 137)
-    if status < 0:
-        return status == -9
-    if os.WIFSIGNALED(status):
-        return os.WTERMSIG(status) == 9
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 137
+def killed_by_sigkill(ended):
+    """True when the container's PID 1 was killed by SIGKILL, or exited 137 (a shell reporting its child killed
+    by SIGKILL). `ended` is the launcher's Ended record."""
+    return ended is not None and (ended.signal == 9 or ended.code == 137)
 
 
-def result(st, status):
+def result(st, ended):
     """The OOM line when the container ended by SIGKILL and the kernel's OOM killer acted in the leaf."""
-    if not st.leaf or not killed_by_sigkill(status):
+    if not st.leaf or not killed_by_sigkill(ended):
         return None
     limit, kills = memory.oom(st.fs, st.leaf)
     if kills <= 0:

@@ -3,8 +3,9 @@
 The options are run.py's (runtime.cli) plus podman's container options (-d, --name, --rm, --platform, -u, ...).
 Flow: cli.parse -> (Spec, HostConfig, RunOptions) -> the image, if any, becomes the container's root (the
 image's layers plus a writable layer of its own: runtime.image) -> foreground: the launcher, as run.py;
-detached or named: the monitor (runtime.lifecycle).
+detached or named: the monitor (runtime.lifecycle.monitor), which records the container under --runroot.
 """
+import os
 import sys
 
 
@@ -18,5 +19,19 @@ def main(argv, ctx):
         from runtime import check
         return check.main(["--rootfs", payload] if payload else [])
     spec, hostcfg, opts = payload
+    if opts.detach:
+        # detached: a terminal only with an explicit -t (the caller's terminal is not the container's)
+        _, (spec, hostcfg, opts) = cli.parse(argv, pirun=True, stdin_tty=False, stdout_tty=False)
+    container_id = os.urandom(32).hex()       # 64 hex digits: the record's, the log's and the layer's name
+    hold = ()
+    if opts.image is not None:
+        # The image's prepared root plugs in here (runtime.image):
+        #     spec, image = prepare(ctx, spec, opts, container_id)     # an adjusted Spec, a handle
+        #     hold = (image.lock_fd,)                                   # held while the container lives
+        from runtime.errors import SpecError
+        raise SpecError(f"image {opts.image}: images are not available in this build", fix="use --rootfs DIR")
+    if opts.detach or opts.name:
+        from runtime.lifecycle.monitor import run_container
+        return run_container(ctx, spec, hostcfg, opts, container_id, hold)
     from runtime.launcher import launch
     return launch(spec, hostcfg, ctx.warn)

@@ -4,7 +4,8 @@ The launcher (host side) drives a backend in this order:
     prepare()              before fork: probe the helper, validate options; raise NetworkError
     resolv_conf(), hosts() contents the init side bind-mounts on /etc/resolv.conf and /etc/hosts
     start(pid)             after process I has its user and network namespaces; returns when ready
-    poll()                 while the container runs: a one-line notice if the helper died, else None
+    watch_fds()            fds that become readable when the helper dies (a pidfd); () without a helper
+    poll()                 when a watched fd is readable: a one-line notice if the helper died, else None
     stop()                 on every exit path; idempotent; leaves no process behind
 The init side brings `lo` up itself in every mode but host.
 """
@@ -30,6 +31,9 @@ class NetBackend:
 
     def start(self, pid):
         pass
+
+    def watch_fds(self):
+        return ()
 
     def poll(self):
         return None

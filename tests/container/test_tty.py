@@ -8,14 +8,14 @@ import subprocess
 import termios
 import time
 
-from conftest import run_args, user_env, user_kwargs
+from conftest import descendants, run_args, user_env, user_kwargs
 
 
 class Pty:
-    def __init__(self, args):
+    def __init__(self, args, net="none"):
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        self.proc = subprocess.Popen(run_args(args), stdin=slave, stdout=slave, stderr=slave, env=user_env({"TERM": "xterm"}),
+        self.proc = subprocess.Popen(run_args(args, net=net), stdin=slave, stdout=slave, stderr=slave, env=user_env({"TERM": "xterm"}),
                                      cwd="/", start_new_session=True, **user_kwargs())
         os.close(slave)
         self.buf = b""
@@ -106,6 +106,31 @@ def test_job_control(rootfs):
         assert t.proc.wait(timeout=10) == 0
     finally:
         t.close()
+
+
+def test_dead_network_helper_is_reported_on_the_terminal(rootfs):
+    """With a terminal too, run.py watches the helper's pidfd: its death is one notice, the shell goes on."""
+    t = Pty(["/bin/sh"], net="slirp4netns")
+    try:
+        t.expect("# ")
+        helpers = [p for p in descendants(t.proc.pid) if _comm(p) == "slirp4netns"]
+        assert len(helpers) == 1, helpers
+        os.kill(helpers[0], 9)
+        t.expect("slirp4netns was killed by signal 9: the container has no network any more")
+        t.send(b"echo still-$((6*7))\n")
+        t.expect("still-42")
+        t.send(b"exit 5\n")
+        assert t.proc.wait(timeout=10) == 5
+    finally:
+        t.close()
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def test_pipes_pass_through_untouched(rootfs):

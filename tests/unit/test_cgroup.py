@@ -17,6 +17,7 @@ import runtime.cgroup as cg
 from runtime.cgroup import discover, manager
 from runtime.cgroup.fs import CgroupFS, write_error
 from runtime.errors import CgroupError, SpecError
+from runtime.launcher import Ended
 from runtime.spec import Limits
 
 M = 1 << 20
@@ -396,16 +397,13 @@ def test_oom_line_only_when_killed_and_oom_kill(tree):
     host, cfg = config_host(tree)
     m = mgr(tree, host, Limits(memory=16 * M), cfg)
     m.create()
-    assert m.result(9) is None                                  # SIGKILL, no OOM
+    assert m.result(Ended(signal=9)) is None                    # SIGKILL, no OOM
     tree._set(f"{m.leaf}/memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n")
     line = "container killed: out of memory (memory.max=16777216, oom_kill=1)"
-    assert m.result(9) == line                                  # raw wait status: killed by signal 9
-    assert m.result(137) == line                                # exit code 137 (also a shell's report)
-    assert m.result(137 << 8) == line                           # raw wait status: exit(137)
-    assert m.result(-9) == line
-    assert m.result(("signal", 9)) == line and m.result(("exit", 137)) == line   # the launcher's form
-    assert m.result(("exit", 0)) is None and m.result(("signal", 15)) is None
-    assert m.result(0) is None and m.result(1 << 8) is None and m.result(15) is None
+    assert m.result(Ended(signal=9)) == line                    # PID 1 killed by SIGKILL
+    assert m.result(Ended(code=137)) == line                    # a shell reporting its killed child
+    assert m.result(Ended(code=0)) is None and m.result(Ended(signal=15)) is None
+    assert m.result(Ended(code=1)) is None and m.result(Ended(lost=True)) is None
     m.remove()
 
 
@@ -599,7 +597,7 @@ def test_defaults_only_failure_is_silent(tree, monkeypatch):
     monkeypatch.setattr(tree, "mkdir", broken)
     m = mgr(tree, host, Limits(), Cfg(), required=False)
     m.create()
-    assert m.leaf is None and m.result(("signal", 9)) is None and m.stats() == "stats: no cgroup"
+    assert m.leaf is None and m.result(Ended(signal=9)) is None and m.stats() == "stats: no cgroup"
     m.add(5000)
     m.remove()
     assert tree.where(4242) == own                               # run.py is back where it was
