@@ -202,19 +202,34 @@ class _Backwards:
         self.rev.append((BPF_LD_W_ABS, 0, 0, offset))
 
     def jump(self, code, k, true=None, false=None):
-        """A conditional jump to the labels `true`/`false` (None: the next instruction)."""
-        n = len(self.rev)
-        jt = 0 if true is None else n - true - 1
-        jf = 0 if false is None else n - false - 1
-        if jt > 255 or jf > 255:
-            raise SetupError(f"seccomp: a jump of {max(jt, jf)} instructions does not fit the BPF encoding")
-        self.rev.append((code, jt, jf, k))
+        """A conditional jump to the labels `true`/`false` (None: the next instruction). Offsets are checked
+        once a block is done (_abi_block): every conditional jump stays inside its block."""
+        rev = self.rev
+        n = len(rev) - 1
+        rev.append((code, 0 if true is None else n - true, 0 if false is None else n - false, k))
 
     def ja(self, target):
         self.rev.append((BPF_JA, 0, 0, len(self.rev) - target - 1))
 
     def program(self):
         return tuple(reversed(self.rev))
+
+
+def _search(b, nrs, targets, miss, leaf=4):
+    """Emit (backwards) a binary search of the sorted numbers `nrs`: a match jumps to targets[nr], anything
+    else to `miss`. About log2(len/leaf) + leaf compares a syscall instead of len: the kernel walks the
+    program once for every syscall number when it builds its action cache at load time, and again for every
+    call whose verdict depends on its arguments."""
+    if len(nrs) <= leaf:
+        b.jump(BPF_JEQ_K, nrs[-1], targets[nrs[-1]], miss)
+        for nr in reversed(nrs[:-1]):
+            b.jump(BPF_JEQ_K, nr, targets[nr])
+        return
+    mid = len(nrs) // 2
+    _search(b, nrs[mid:], targets, miss, leaf)
+    upper = b.here() - 1
+    _search(b, nrs[:mid], targets, miss, leaf)
+    b.jump(BPF_JGT_K, nrs[mid - 1], upper)
 
 
 def _abi_block(b, abi, caps, x32=None):
@@ -228,6 +243,7 @@ def _abi_block(b, abi, caps, x32=None):
             denied += [n for n in names if n in table]
     ns_checked = CAP_SYS_ADMIN not in caps
 
+    end = b.here()
     enosys = b.ret(SECCOMP_RET_ERRNO | ENOSYS)
     eperm = b.ret(SECCOMP_RET_ERRNO | EPERM)
     nsflags = None
@@ -248,14 +264,12 @@ def _abi_block(b, abi, caps, x32=None):
     b.ld(_arg_lo(1))
     ioctl = b.here() - 1
     allow = b.ret(SECCOMP_RET_ALLOW)                    # not listed: allowed
-    for nr in sorted({table[n] for n in denied}, reverse=True):
-        b.jump(BPF_JEQ_K, base + nr, eperm)
+    targets = {base + table[n]: eperm for n in denied}
     if ns_checked:
-        b.jump(BPF_JEQ_K, base + table["clone3"], enosys)
-        b.jump(BPF_JEQ_K, base + table["unshare"], nsflags)
-        b.jump(BPF_JEQ_K, base + table["clone"], nsflags)
-    b.jump(BPF_JEQ_K, base + table["personality"], personality)
-    b.jump(BPF_JEQ_K, base + table["ioctl"], ioctl)
+        targets.update({base + table["clone"]: nsflags, base + table["unshare"]: nsflags,
+                        base + table["clone3"]: enosys})
+    targets.update({base + table["ioctl"]: ioctl, base + table["personality"]: personality})
+    _search(b, sorted(targets), targets, allow)
     known = b.here() - 1
     b.jump(BPF_JGT_K, base + LAST_KNOWN_NR, enosys)      # beyond the newest syscall reviewed here: ENOSYS
     if abi == "x32":                                    # x32's own numbers, 512..547
@@ -264,6 +278,8 @@ def _abi_block(b, abi, caps, x32=None):
     elif abi == "arm":                                  # arm's private calls (set_tls, cacheflush ...)
         b.jump(BPF_JGE_K, ARM_PRIVATE_FIRST, allow)
         b.jump(BPF_JGT_K, ARM_PRIVATE_LAST, enosys)
+    if b.here() - end > 256:
+        raise SetupError(f"seccomp: the {abi} block is too long for the BPF jump encoding")
     if x32 is not None:                                 # x32 shares the audit arch: bit 30 tells them apart
         native = b.here() - 1
         b.ja(x32)
