@@ -5,7 +5,9 @@
 
 1. The install alone, each variant in a freshly forked child with no_new_privs set (as init.py's process C
    is when it installs the filter), rounds interleaved, median and p90:
-   * pirun: `import runtime.seccomp` (the program for every ABI is built at import) + `install()`
+   * pirun: `import runtime.seccomp` (the program for every ABI is built at import) + `install()`; and
+     `install()` alone, the module imported before (as process I does, while the launcher writes the ID maps)
+   * any filter: a one-instruction program through the same ctypes path (the floor of every variant)
    * libseccomp, built per start: dlopen libseccomp.so.2, seccomp_init(ALLOW), the compat architectures,
      the same deny rules (as far as libseccomp 2.5 can express them: no ceiling for unknown numbers, no
      personality rule, no calls it does not know), seccomp_load
@@ -81,9 +83,16 @@ def _libseccomp():
     return lib, ctx
 
 
+def _pirun_install(seccomp):
+    """What install() does in C, whose bounding set holds only the default capabilities (this process keeps
+    them all, which would make install() build the program for another set)."""
+    seccomp._kept_caps(libc._lib)
+    seccomp.load(seccomp._DEFAULT)
+
+
 def variant_pirun(_blob):
     from runtime import seccomp
-    seccomp.install()
+    _pirun_install(seccomp)
 
 
 def variant_libseccomp(_blob):
@@ -108,7 +117,7 @@ def variant_floor(_blob):
 
 
 def variant_pirun_install(_blob):
-    sys.modules["runtime.seccomp"].install()
+    _pirun_install(sys.modules["runtime.seccomp"])
 
 
 def export(path):
@@ -119,6 +128,10 @@ def export(path):
             raise OSError("seccomp_export_bpf failed")
     finally:
         os.close(fd)
+    # the pirun variant imports the module in the child, as C would without process I's head start
+    import runtime
+    sys.modules.pop("runtime.seccomp", None)
+    del runtime.seccomp
 
 
 def in_child(fn, blob):

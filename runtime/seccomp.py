@@ -340,13 +340,15 @@ def install():
     """Load the filter into the calling process (needs no_new_privs). Raises SetupError: a filter that cannot
     be built or loaded never leaves a container running without one."""
     from runtime import libc
+    kept = _kept_caps(libc._load())
+    load(_DEFAULT if kept == _DEFAULT_CAPS and _DEFAULT is not None else pack(build(MACHINE, kept)))
+
+
+def load(code):
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, struct sock_fprog) with the packed program `code`."""
+    from runtime import libc
     lib = libc._load()
     ct = libc._ct
-    kept = _kept_caps(lib)
-    if kept == _DEFAULT_CAPS and _DEFAULT is not None:
-        code = _DEFAULT
-    else:
-        code = pack(build(MACHINE, kept))
     buf = ct.create_string_buffer(code, len(code))
     fprog = ct.create_string_buffer(struct.pack("HP", len(code) // 8, ct.addressof(buf)))  # struct sock_fprog
     libc.check(lib.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ct.addressof(fprog), 0, 0),
