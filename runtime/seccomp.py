@@ -2,7 +2,7 @@
 capabilities are dropped and no_new_privs is set (`--security-opt seccomp=unconfined` turns it off).
 
 In the spirit of podman's default profile (containers-common seccomp.json), but written as a deny list, so that
-the program stays small (~80 instructions an ABI, built in well under a millisecond at import time) and every
+the program stays small (~90 instructions an ABI, built in well under a millisecond at import time) and every
 syscall whose verdict does not depend on its arguments is served from the kernel's seccomp action cache:
 
 * every ABI the kernel runs gets the same verdicts, as podman's archMap does: on x86_64 the native ABI, x32
@@ -33,15 +33,19 @@ syscall whose verdict does not depend on its arguments is served from the kernel
 * ptrace and process_vm_readv/writev are allowed, as podman does on kernels >= 4.8 (seccomp cannot be
   bypassed through ptrace any more; the PID namespace limits the tracees to the container).
 
-Why not libseccomp: building and loading the same filter through libseccomp (ctypes) costs 1.1 to 1.6 ms per
-container start here, over the 1 ms budget; caching its exported BPF per user would put a file that decides
-the policy in the user's (and so any of the user's containers') reach; and libseccomp 2.5 (Debian 12) neither
-knows the syscalls after Linux 5.19 (open_tree_attr) nor expresses "personality not in this set". The tests use
-libseccomp as the oracle for the per-ABI numbers instead. bench/seccomp.py has the figures.
+How it is loaded: process I imports this module (which builds the default program) while the launcher writes
+the ID maps; C inherits it and only loads it with prctl (0.28 ms CPU in bench/seccomp.py, 0.13 ms of it the
+kernel's: it walks the program for every syscall number of every ABI to build its action cache, hence the
+binary search per ABI instead of a list of checks).
+
+Why not libseccomp: building and loading the same rules through libseccomp (ctypes) costs 1.8 to 3.1 ms CPU
+per container start here, over the 1 ms budget; caching its exported BPF per user would put a file that
+decides the policy in the user's (and so any of the user's containers') reach; and libseccomp 2.5 (Debian 12)
+neither knows the syscalls after Linux 5.19 (open_tree_attr) nor expresses "personality not in this set" or
+ENOSYS for numbers newer than its table. The tests use libseccomp as the oracle for the per-ABI numbers.
 """
 import os
 import struct
-from itertools import starmap
 
 from runtime.errors import SetupError
 
@@ -189,30 +193,30 @@ class _Backwards:
     target is known, and its offset is the count of instructions emitted since the target."""
 
     def __init__(self):
-        self.rev = []           # the program, last instruction first
+        self.rev = []           # the program as struct sock_filter, last instruction first
 
     def here(self):
         return len(self.rev)    # a label: the position, counted from the end, of the next instruction emitted
 
     def ret(self, k):
-        self.rev.append((BPF_RET_K, 0, 0, k))
+        self.rev.append(_SOCK_FILTER.pack(BPF_RET_K, 0, 0, k))
         return len(self.rev) - 1
 
     def ld(self, offset):
-        self.rev.append((BPF_LD_W_ABS, 0, 0, offset))
+        self.rev.append(_SOCK_FILTER.pack(BPF_LD_W_ABS, 0, 0, offset))
 
     def jump(self, code, k, true=None, false=None):
         """A conditional jump to the labels `true`/`false` (None: the next instruction). Offsets are checked
         once a block is done (_abi_block): every conditional jump stays inside its block."""
         rev = self.rev
         n = len(rev) - 1
-        rev.append((code, 0 if true is None else n - true, 0 if false is None else n - false, k))
+        rev.append(_SOCK_FILTER.pack(code, 0 if true is None else n - true, 0 if false is None else n - false, k))
 
     def ja(self, target):
-        self.rev.append((BPF_JA, 0, 0, len(self.rev) - target - 1))
+        self.rev.append(_SOCK_FILTER.pack(BPF_JA, 0, 0, len(self.rev) - target - 1))
 
     def program(self):
-        return tuple(reversed(self.rev))
+        return b"".join(reversed(self.rev))
 
 
 def _search(b, nrs, targets, miss, leaf=4):
@@ -288,32 +292,39 @@ def _abi_block(b, abi, caps, x32=None):
     return b.here() - 1
 
 
-def build(machine, caps=frozenset()):
-    """The filter for a kernel of `machine` (os.uname().machine) given the capabilities kept: a tuple of
-    (code, jt, jf, k) instructions. Raises SetupError for an architecture without a table."""
+def packed(machine, caps=frozenset()):
+    """The filter for a kernel of `machine` (os.uname().machine) given the capabilities kept, as the array of
+    struct sock_filter the kernel takes. Raises SetupError for an architecture without a table."""
     abis = ABIS.get(machine)
     if abis is None:
         raise SetupError(f"seccomp: no syscall table for architecture {machine}",
                          fix="run with --security-opt seccomp=unconfined")
     b = _Backwards()
     start = {}
-    for abi in reversed(abis):                          # blocks in ABI order, native first
-        start[abi] = _abi_block(b, abi, caps, start.get("x32") if abi == "x86_64" else None)
+    try:
+        for abi in reversed(abis):                      # blocks in ABI order, native first
+            start[abi] = _abi_block(b, abi, caps, start.get("x32") if abi == "x86_64" else None)
+    except struct.error:                                # a jump offset beyond a u8
+        raise SetupError(f"seccomp: a block for {machine} is too long for the BPF jump encoding") from None
     b.ret(SECCOMP_RET_KILL_PROCESS)                     # any other architecture
     for abi in reversed(abis):                          # head: one dispatch per audit architecture
         if abi != "x32":
             b.ja(start[abi])
             b.jump(BPF_JEQ_K, AUDIT_ARCH[abi], None, b.here() - 2)     # else: skip the ja
     b.ld(_OFF_ARCH)
-    prog = b.program()
-    if len(prog) > 4096:
+    if len(b.rev) > 4096:
         raise SetupError("seccomp: program too long")
-    return prog
+    return b.program()
+
+
+def build(machine, caps=frozenset()):
+    """The same program as (code, jt, jf, k) tuples (for the tests' BPF interpreter)."""
+    return tuple(_SOCK_FILTER.iter_unpack(packed(machine, caps)))
 
 
 def pack(prog):
     """struct sock_filter[]: u16 code, u8 jt, u8 jf, u32 k (native byte order)."""
-    return b"".join(starmap(_SOCK_FILTER.pack, prog))
+    return b"".join([_SOCK_FILTER.pack(*insn) for insn in prog])
 
 
 def _default_caps():
@@ -324,7 +335,7 @@ def _default_caps():
 MACHINE = os.uname().machine
 # Built at import (before pivot_root) for the default capability set; other sets are built in install().
 _DEFAULT_CAPS = frozenset(c for c in _default_caps() if c in _CAPS_OF_INTEREST)
-_DEFAULT = pack(build(MACHINE, _DEFAULT_CAPS)) if MACHINE in ABIS else None
+_DEFAULT = packed(MACHINE, _DEFAULT_CAPS) if MACHINE in ABIS else None
 
 
 def _kept_caps(lib):
@@ -341,7 +352,7 @@ def install():
     be built or loaded never leaves a container running without one."""
     from runtime import libc
     kept = _kept_caps(libc._load())
-    load(_DEFAULT if kept == _DEFAULT_CAPS and _DEFAULT is not None else pack(build(MACHINE, kept)))
+    load(_DEFAULT if kept == _DEFAULT_CAPS and _DEFAULT is not None else packed(MACHINE, kept))
 
 
 def load(code):
