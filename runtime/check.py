@@ -767,6 +767,10 @@ def check_linger(host):
                  fix=fix("pirun_prereqs", f"loginctl enable-linger {host.user}"), required=False)]
 
 
+# The 32-bit ABI a 64-bit kernel runs natively (uname -m of its binaries); the seccomp filter covers it too.
+COMPAT_ABI = {"x86_64": "i686", "aarch64": "armv7l"}
+
+
 def check_rootfs(host):
     path = host.rootfs
     build = hostconfig.rootfs_build_command(REPO, path)
@@ -784,8 +788,11 @@ def check_rootfs(host):
     host_arch = os.uname().machine
     marker = rootfs_mod.read_marker(path)
     what = f"{path} ({marker.get('kind', 'rootfs')}, {arch}"
+    compat = COMPAT_ABI.get(host_arch) == arch       # a 32-bit userland the kernel runs itself
     if arch == host_arch:
         how = "native"
+    elif compat:
+        how = "native 32-bit (the kernel's compat ABI)"
     else:
         registered, enabled, flags, interp = rootfs_mod.binfmt_entry(arch)
         qemu = rootfs_mod.ARCHES[arch][3]
@@ -809,7 +816,7 @@ def check_rootfs(host):
             err = proc.stderr.strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             ran, err = "", str(e)
-        if ran != arch:
+        if ran != arch and not (compat and ran == host_arch):    # uname -m names the kernel
             return Item(MISSING, "rootfs", f"{what}): running its busybox gave {ran or err!r}",
                         fix=fix("pirun_prereqs", "apt-get install qemu-user-static binfmt-support"))
         how += f", runs: uname -m = {ran}"

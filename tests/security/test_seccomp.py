@@ -116,6 +116,16 @@ def test_32bit_rootfs_runs_under_the_default_filter(compat_rootfs):
     assert "Operation not permitted" in r.stderr, r.stderr
 
 
+def test_check_takes_the_32bit_rootfs_for_a_native_one(compat_rootfs):
+    """run.py --check runs the rootfs's busybox: a 32-bit userland runs on the 64-bit kernel itself (no
+    binfmt_misc entry needed), and its uname -m names the kernel."""
+    _abi, _d, arch, _cc, _p = compat()
+    r = run(["--check", "--rootfs", compat_rootfs], raw_argv=True)
+    line = [ln for ln in r.stdout.splitlines() if ln.split()[1:2] == ["rootfs"]]
+    assert line and line[0].startswith("ok "), (r.stdout, r.stderr)
+    assert f"{arch}, native 32-bit" in line[0] and f"runs: uname -m = {os.uname().machine}" in line[0], line
+
+
 @pytest.fixture(scope="module")
 def results32(probe, probe32):
     """{name: result} for the native and the 32-bit probe, each with and without the filter."""
