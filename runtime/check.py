@@ -713,6 +713,10 @@ def check_linger(host, probe=None):
                  fix=fix("pirun_prereqs", f"loginctl enable-linger {host.user}"), required=False)]
 
 
+# The 32-bit ABI a 64-bit kernel runs natively (uname -m of its binaries); the seccomp filter covers it too.
+COMPAT_ABI = {"x86_64": "i686", "aarch64": "armv7l"}
+
+
 def check_rootfs(host):
     path = host.rootfs
     build = hostconfig.rootfs_build_command(REPO, path)
@@ -729,8 +733,11 @@ def check_rootfs(host):
     host_arch = os.uname().machine
     marker = rootfs_mod.read_marker(path)
     what = f"{path} ({marker.get('kind', 'rootfs')}, {shell_arch}"
+    compat = COMPAT_ABI.get(host_arch) == shell_arch     # a 32-bit userland the kernel runs itself
     if shell_arch == host_arch:
         how = "native"
+    elif compat:
+        how = "native 32-bit (the kernel's compat ABI)"
     else:
         registered, enabled, flags, interp = arch.binfmt_entry(shell_arch)
         qemu = arch.ARCHES[shell_arch][3]
@@ -754,7 +761,7 @@ def check_rootfs(host):
             err = proc.stderr.strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             ran, err = "", str(e)
-        if ran != shell_arch:
+        if ran != shell_arch and not (compat and ran == host_arch):    # uname -m names the kernel
             return Item(MISSING, "rootfs", f"{what}): running its busybox gave {ran or err!r}",
                         fix=fix("pirun_prereqs", "apt-get install qemu-user-static binfmt-support"))
         how += f", runs: uname -m = {ran}"

@@ -27,6 +27,8 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
             _signal.signal(sig, _signal.SIG_IGN)
         libc.unshare(CLONE_NEWUSER, fix=USERNS_FIX)
         chan.send(sync.USERNS)
+        if spec.seccomp:        # the filter is built at import: here, while the launcher writes the ID maps
+            from runtime import seccomp  # noqa: F401
         chan.expect(sync.MAPPED, "wait for the ID maps")
         try:
             os.setgroups([])                     # drop the caller's supplementary groups where allowed

@@ -1,5 +1,7 @@
-/* A tiny static probe run inside test containers (the busybox rootfs has no Python).
- * probe sys NAME...        one line per NAME: "NAME OK" or "NAME E<errno name>"
+/* A tiny static probe run inside test containers (the busybox rootfs has no Python). Also built for the
+ * 32-bit ABI of the host (gcc -m32 on x86_64), so that the same calls go through the compat syscall table.
+ * probe sys NAME...        one line per NAME: "NAME OK", "NAME E<errno name>", or "NAME ABSENT" when the
+ *                          call does not exist in the ABI the probe was built for
  * probe tiocsti FD TEXT    push TEXT into the terminal on FD, report like sys
  * probe abstract NAME      connect to the abstract unix socket "\0NAME"
  * probe kill PID SIG       kill(2)
@@ -78,6 +80,8 @@ static long do_clone(unsigned long flags) {
     return r;
 }
 
+#define ABSENT (-3)
+
 static long one(const char *n) {
     char c = 'x';
     if (!strcmp(n, "keyctl")) return syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3 /* session */, 1);
@@ -86,7 +90,11 @@ static long one(const char *n) {
     if (!strcmp(n, "userfaultfd")) return syscall(SYS_userfaultfd, 1 /* UFFD_USER_MODE_ONLY */ | O_CLOEXEC);
     if (!strcmp(n, "perf_event_open")) return syscall(SYS_perf_event_open, NULL, 0, -1, -1, 0);
     if (!strcmp(n, "kexec_load")) return syscall(SYS_kexec_load, 0, 0, NULL, 0);
+#ifdef SYS_kexec_file_load
     if (!strcmp(n, "kexec_file_load")) return syscall(SYS_kexec_file_load, -1, -1, 0, NULL, 0);
+#else
+    if (!strcmp(n, "kexec_file_load")) return ABSENT;
+#endif
     if (!strcmp(n, "open_by_handle_at")) return syscall(SYS_open_by_handle_at, -1, NULL, 0);
     if (!strcmp(n, "bpf")) return syscall(SYS_bpf, 0 /* MAP_CREATE */, NULL, 0);
     if (!strcmp(n, "fsopen")) return syscall(SYS_fsopen, "tmpfs", 0);
@@ -105,7 +113,11 @@ static long one(const char *n) {
     if (!strcmp(n, "unshare_ns")) return syscall(SYS_unshare, CLONE_NEWNS);
     if (!strcmp(n, "unshare_fs")) return syscall(SYS_unshare, CLONE_FS);
     if (!strcmp(n, "clone_user")) return do_clone(CLONE_NEWUSER);
+#if __SIZEOF_LONG__ == 8
     if (!strcmp(n, "clone_user_hibits")) return do_clone(CLONE_NEWUSER | 0x100000000UL);
+#else
+    if (!strcmp(n, "clone_user_hibits")) return ABSENT;     /* no high bits in a 32-bit register */
+#endif
     if (!strcmp(n, "clone_fork")) return do_clone(0);
     if (!strcmp(n, "clone3")) return syscall(SYS_clone3, NULL, 0);
     if (!strcmp(n, "fork")) { pid_t p = fork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); return p; }
@@ -121,9 +133,30 @@ static long one(const char *n) {
     if (!strcmp(n, "init_module")) return syscall(SYS_init_module, NULL, 0, "");
     if (!strcmp(n, "finit_module")) return syscall(SYS_finit_module, -1, "", 0);
     if (!strcmp(n, "getpid")) return syscall(SYS_getpid);
+    /* the 32-bit ABIs' own ways to unmount and to set the clock */
+#ifdef SYS_umount
+    if (!strcmp(n, "umount_old")) return syscall(SYS_umount, "/proc");
+#else
+    if (!strcmp(n, "umount_old")) return ABSENT;
+#endif
+#ifdef SYS_stime
+    if (!strcmp(n, "stime")) { long t = 0; return syscall(SYS_stime, &t); }
+#else
+    if (!strcmp(n, "stime")) return ABSENT;
+#endif
+#ifdef SYS_clock_settime64
+    if (!strcmp(n, "clock_settime64")) { long long t[2] = {0, 0}; return syscall(SYS_clock_settime64, 99, t); }
+    if (!strcmp(n, "clock_adjtime64")) return syscall(SYS_clock_adjtime64, 99, NULL);
+#else
+    if (!strcmp(n, "clock_settime64") || !strcmp(n, "clock_adjtime64")) return ABSENT;
+#endif
     if (!strcmp(n, "unknown_nr")) return syscall(1000);
     if (!strcmp(n, "tiocsti")) { int s = pty_slave(); return s < 0 ? -2 : ioctl(s, TIOCSTI, &c); }
+#if __SIZEOF_LONG__ == 8
     if (!strcmp(n, "tiocsti_hibits")) { int s = pty_slave(); return s < 0 ? -2 : syscall(SYS_ioctl, s, 0x100000000UL | TIOCSTI, &c); }
+#else
+    if (!strcmp(n, "tiocsti_hibits")) return ABSENT;
+#endif
     if (!strcmp(n, "tioclinux")) { int s = pty_slave(); char sub = 6; return s < 0 ? -2 : ioctl(s, TIOCLINUX, &sub); }
     if (!strcmp(n, "tiocgwinsz")) { int s = pty_slave(); struct winsize w; return s < 0 ? -2 : ioctl(s, TIOCGWINSZ, &w); }
     fprintf(stderr, "probe: unknown syscall test %s\n", n);
@@ -140,7 +173,9 @@ int main(int argc, char **argv) {
             if (p == 0) {
                 errno = 0;
                 long r = one(argv[i]);
-                if (r == -2) printf("%s SETUP-FAILED %s\n", argv[i], ename(errno)); else report(argv[i], r);
+                if (r == -2) printf("%s SETUP-FAILED %s\n", argv[i], ename(errno));
+                else if (r == ABSENT) printf("%s ABSENT\n", argv[i]);
+                else report(argv[i], r);
                 _exit(0);
             }
             int st;

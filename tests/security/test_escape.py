@@ -307,3 +307,49 @@ def test_inherited_fd_at_the_top_of_the_limit_does_not_reach_the_container(rootf
     assert "secret" not in r.stdout, f"fd {top} leaked into the container: {r.stdout!r}"
     assert r.stdout, (r.returncode, r.stderr)
     assert str(top) not in r.stdout.splitlines()[0].split()
+
+
+# --- the same from a 32-bit userland (i386 on x86_64, armhf on aarch64) --------------------------------------
+# The kernel's compat syscall table and the filter's block for that ABI: the attempts must meet the same
+# answers as from the native rootfs.
+
+from compat_helpers import compat_rootfs, probe32  # noqa: E402,F401  (fixtures)
+
+
+@pytest.mark.parametrize("attempt", MOUNT_ATTEMPTS)
+def test_32bit_mount_and_umount_fail_as_native_ones_do(rootfs, compat_rootfs, attempt):
+    host_mounts = mount_table()
+    script = f"{attempt} && echo ESCAPED; grep -c . /proc/self/mountinfo; wc -c < /proc/keys"
+    native = run(["/bin/sh", "-c", script])
+    r = run(["/bin/sh", "-c", script], rootfs=compat_rootfs)
+    assert r.returncode == 0, (attempt, r.returncode, r.stdout, r.stderr)
+    assert "ESCAPED" not in r.stdout, (attempt, r.stdout, r.stderr)
+    assert r.stdout.splitlines()[-1].strip() == "0", "/proc/keys was unmasked"
+    assert (r.returncode, r.stdout, r.stderr) == (native.returncode, native.stdout, native.stderr)
+    assert mount_table() == host_mounts
+
+
+def test_32bit_unshare_user_namespace_is_refused(compat_rootfs):
+    r = run(["/bin/sh", "-c", "unshare -U -r grep CapEff /proc/self/status; echo rc=$?"], rootfs=compat_rootfs)
+    assert "rc=1" in r.stdout and "CapEff" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert "Operation not permitted" in r.stderr
+
+
+def test_32bit_mount_and_keyring_syscalls_fail(probe32):
+    names = ["mount", "umount2", "umount_old", "pivot_root", "fsopen", "fsmount", "fspick", "move_mount",
+             "open_tree", "mount_setattr", "setns", "unshare_ns", "unshare_user", "clone_user", "keyctl",
+             "add_key", "request_key"]
+    r = run_probe(probe32, ["sys"] + names)
+    got = parse_sys(r.stdout)
+    assert list(got) == names, (r.returncode, r.stdout, r.stderr)
+    assert all(v in ("EPERM", "ABSENT") for v in got.values()) and got["mount"] == "EPERM", got
+
+
+def test_32bit_host_processes_are_unkillable(host_sleeper, probe32):
+    p, _token = host_sleeper
+    r = run_probe(probe32, ["kill", str(p.pid), "9"])
+    assert r.stdout.strip() in ("kill ESRCH", "kill EPERM"), (r.returncode, r.stdout, r.stderr)
+    r = run_probe(probe32, ["kill", "1", "0"])                 # ordinary calls work: PID 1 is the probe itself
+    assert r.stdout.strip() == "kill OK", (r.returncode, r.stdout, r.stderr)
+    time.sleep(0.1)
+    assert p.poll() is None, "the host process was killed from inside"
