@@ -66,6 +66,9 @@ class Init:
             case S.BindRootfs(path=path):
                 mount(path, path, None, MS_BIND | MS_REC, step="bind rootfs")
                 self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            case S.MountOverlay():
+                from runtime.image.overlay import mount_step     # only containers of images get here
+                mount_step(step)
             case S.MountProc():
                 target = require_real_dir(root, "proc", "mount proc")
                 mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, step="mount proc on")
@@ -216,7 +219,7 @@ class Init:
                 raise SetupError(f"workdir {spec.workdir}: {e.strerror}",
                                  fix="create it in the rootfs or choose another -w") from None
             _close_inherited_fds(chan.fileno())
-            drop_privileges(spec.caps)
+            drop_privileges(spec.caps, spec.user)
             if spec.seccomp:
                 _seccomp()
             env = dict(spec.env)
@@ -303,18 +306,34 @@ def attach_terminal(slave):
         os.close(slave)
 
 
-def drop_privileges(kept):
+def drop_privileges(kept, user=None):
     from runtime import caps
     keep = set(kept)
     for cap in range(caps.last_cap() + 1):
         if cap not in keep:
             libc.prctl(libc.PR_CAPBSET_DROP, cap, step=f"drop capability {cap} from the bounding set")
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL, step="clear ambient capabilities")
+    if user is not None and switch_user(*user):
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1, step="set no_new_privs")
+        return                           # a non-root uid: the kernel cleared the permitted and effective sets
     m = 0
     for cap in keep:
         m |= 1 << cap
     libc.capset(m, m, 0)                 # inheritable stays empty (CVE-2022-24769)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1, step="set no_new_privs")
+
+
+def switch_user(uid, gid):
+    """-u / the image's User: setgroups, setgid, setuid (as podman: the bounding set stays, a non-root user
+    has no permitted or effective capabilities). Returns True when the uid is not 0."""
+    try:
+        os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as e:
+        raise SetupError(f"switch to user {uid}:{gid}: {e.strerror}",
+                         fix="choose a user and group mapped in the container (your subordinate IDs)") from None
+    return uid != 0
 
 
 def exec_command(argv, env):

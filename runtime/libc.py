@@ -157,3 +157,9 @@ _FLAG_NAMES = ((CLONE_NEWUSER, "user"), (CLONE_NEWNS, "mount"), (CLONE_NEWPID, "
 
 def _flag_names(flags):
     return "+".join(name for bit, name in _FLAG_NAMES if flags & bit) + " namespaces"
+
+
+def syncfs(fd, step="syncfs"):
+    """syncfs(2): write the filesystem holding `fd` to disk (an image store commits after its layers)."""
+    lib = _load()
+    return check(lib.syncfs(fd), step)

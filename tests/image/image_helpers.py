@@ -1,0 +1,193 @@
+"""Test images built offline from the busybox rootfs, and running `pirun` as the test user.
+
+`build_layout` writes an OCI image layout (gzip layers, a config, a manifest, index.json); `layer` makes one
+layer tarball from (TarInfo, bytes) members. The standard test image (`test_image`) has three layers:
+the busybox rootfs; a layer with a user `app` (1000:1000), files owned by 1000:1000, a setuid file, a hard
+link, a symlink, an xattr, a whiteout and an opaque directory; and a small top layer. Its config sets Env,
+Cmd, WorkingDir and User.
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from conftest import REPO, container_user, user_env, user_kwargs
+
+PIRUN = REPO / "runtime" / "pirun"
+
+
+def pirun(args, root, input=None, timeout=120, env=None, check=False, runroot=None):
+    """Run `pirun --root ROOT ARGS` as the test user; CompletedProcess with text output."""
+    argv = [str(PIRUN), "--root", str(root)]
+    if runroot:
+        argv += ["--runroot", str(runroot)]
+    argv += [str(a) for a in args]
+    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, env=user_env(env),
+                       cwd="/", **user_kwargs())
+    if check and r.returncode != 0:
+        raise AssertionError(f"pirun {' '.join(map(str, args))} exited {r.returncode}: {r.stderr}")
+    return r
+
+
+def one_error_line(r):
+    """The run failed with exit 125 and exactly one line `pirun: error: ...; fix: ...`, no traceback."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 125, (r.returncode, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("pirun: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def member(name, kind=tarfile.REGTYPE, data=b"", mode=0o644, uid=0, gid=0, linkname="", xattrs=None,
+           mtime=1700000000):
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.uid, ti.gid, ti.linkname, ti.mtime = kind, mode, uid, gid, linkname, mtime
+    ti.size = len(data) if kind == tarfile.REGTYPE else 0
+    if xattrs:
+        ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+    return ti, data
+
+
+def layer(members):
+    """Uncompressed tar bytes of the members (PAX format, for xattrs)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    return buf.getvalue()
+
+
+def tree_layer(rootfs, owner=(0, 0)):
+    """A layer of a whole directory tree, every file owned by `owner` (as in a real base image)."""
+    buf = io.BytesIO()
+
+    def reset(ti):
+        ti.uid, ti.gid = owner
+        ti.uname = ti.gname = ""
+        return ti
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.add(str(rootfs), arcname=".", filter=reset)
+    return buf.getvalue()
+
+
+def _blob(dest, data):
+    d = hashlib.sha256(data).hexdigest()
+    (dest / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (dest / "blobs" / "sha256" / d).write_bytes(data)
+    return f"sha256:{d}", len(data)
+
+
+def add_image(dest, layers, config=None, arch="amd64", variant=None, compress=True):
+    """Write blobs of one image into layout `dest`; returns the manifest descriptor (not yet indexed)."""
+    diff_ids, descs = [], []
+    for raw in layers:
+        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
+        data = gzip.compress(raw, compresslevel=1, mtime=0) if compress else raw
+        digest, size = _blob(dest, data)
+        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else ""),
+                      "digest": digest, "size": size})
+    cfg = {"created": "2026-12-01T00:00:00Z", "architecture": arch, "os": "linux",
+           "config": config or {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    if variant:
+        cfg["variant"] = variant
+    cdigest, csize = _blob(dest, json.dumps(cfg).encode())
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest,
+                           "size": csize}, "layers": descs}
+    mdigest, msize = _blob(dest, json.dumps(manifest).encode())
+    desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
+            "platform": {"architecture": arch, "os": "linux", **({"variant": variant} if variant else {})}}
+    return desc, cdigest
+
+
+def write_index(dest, manifests, tag=None):
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    if tag:
+        manifests = [dict(m, annotations={"org.opencontainers.image.ref.name": tag}) for m in manifests]
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+
+
+def nested_index(dest, manifests, tag=None):
+    """index.json -> one image index (multi-platform) -> manifests, as skopeo copy --all writes."""
+    idx = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+    digest, size = _blob(dest, json.dumps(idx).encode())
+    write_index(dest, [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+                        "size": size}], tag)
+
+
+TEST_CONFIG = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello"],
+               "Cmd": ["/bin/sh", "-c", "echo $GREETING from $(pwd) as $(id -u):$(id -g)"],
+               "WorkingDir": "/home/app", "User": "app", "StopSignal": "SIGINT"}
+
+
+def base_extras():
+    """Members added to the busybox tree in layer 1 (what layer 2 deletes or hides)."""
+    return [member("etc/motd", data=b"deleted by a whiteout\n"),
+            member("opq", tarfile.DIRTYPE, mode=0o755), member("opq/old1", data=b"1"), member("opq/old2", data=b"2")]
+
+
+def app_layer(rootfs):
+    passwd = (rootfs / "etc" / "passwd").read_bytes() + b"app:x:1000:1000:app:/home/app:/bin/sh\n"
+    group = (rootfs / "etc" / "group").read_bytes() + b"app:x:1000:\n"
+    return layer([
+        member("etc/passwd", data=passwd), member("etc/group", data=group),
+        member("home/app", tarfile.DIRTYPE, mode=0o755, uid=1000, gid=1000),
+        member("home/app/notes", data=b"mine\n", uid=1000, gid=1000, mode=0o600),
+        member("bin/suid", data=b"#!/bin/sh\n", mode=0o4755),
+        member("data", tarfile.DIRTYPE, mode=0o755),
+        member("data/a", data=b"linked\n", xattrs={"user.pirun": "kept"}),
+        member("data/b", tarfile.LNKTYPE, linkname="data/a"),
+        member("data/link", tarfile.SYMTYPE, linkname="a"),
+        member("dev/null-like", tarfile.CHRTYPE, mode=0o666),
+        member("etc/.wh.motd"),
+        member("opq", tarfile.DIRTYPE, mode=0o755), member("opq/.wh..wh..opq"), member("opq/new", data=b"n"),
+    ])
+
+
+def base_layer(rootfs):
+    """The busybox tree plus base_extras, as one layer."""
+    raw = tree_layer(rootfs)
+    # append the extras: re-open the tar, add members
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buf, mode="w",
+                                                                     format=tarfile.PAX_FORMAT) as dst:
+        for ti in src:
+            dst.addfile(ti, src.extractfile(ti) if ti.isreg() else None)
+        for ti, data in base_extras():
+            dst.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    return buf.getvalue()
+
+
+def build_test_image(dest, rootfs, tag="test:1", arch="amd64"):
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    top = layer([member("etc/top", data=b"top layer\n")])
+    desc, cdigest = add_image(dest, [base_layer(rootfs), app_layer(rootfs), top], TEST_CONFIG, arch=arch)
+    write_index(dest, [desc], tag)
+    return cdigest
+
+
+def chown_tree(path):
+    """Hand a directory the tests built (as root) to the test user."""
+    _n, uid, gid, _h = container_user()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, n), uid, gid)
+    os.chown(path, uid, gid)
+
+
+def wait_port(port, timeout=10.0):
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
