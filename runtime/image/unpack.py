@@ -207,13 +207,13 @@ class _Unpacker:
                              f"the pirun_prereqs role does)") from None
 
     def xattrs(self, target, ti):
+        """The member's xattrs (user.* and file capabilities) on the open file `target`."""
         for key, value in (ti.pax_headers or {}).items():
             if key.startswith(_XATTR_PREFIX):
                 name = key[len(_XATTR_PREFIX):]
                 if name.startswith(_KEPT_XATTRS):
                     try:
-                        os.setxattr(target, name, value.encode("utf-8", "surrogateescape"),
-                                    follow_symlinks=False)
+                        os.setxattr(target, name, value.encode("utf-8", "surrogateescape"))
                     except OSError as e:
                         if e.errno not in (errno.ENOTSUP, errno.EPERM):
                             raise
@@ -245,7 +245,7 @@ class _Unpacker:
             try:
                 self.owner(fd, ti.uid, ti.gid, member=ti.name)
                 os.fchmod(fd, ti.mode & 0o7777)
-                self.xattrs(f"/proc/self/fd/{fd}", ti)
+                self.xattrs(fd, ti)
             finally:
                 os.close(fd)
             self.dirs.append((parts, ti.mtime))
@@ -264,7 +264,7 @@ class _Unpacker:
                         b = b[os.write(fd, b):]
                 self.owner(fd, ti.uid, ti.gid, member=ti.name)
                 os.fchmod(fd, ti.mode & 0o7777)       # after chown, which clears setuid
-                self.xattrs(f"/proc/self/fd/{fd}", ti)
+                self.xattrs(fd, ti)
                 os.utime(fd, (ti.mtime, ti.mtime))
             finally:
                 os.close(fd)

@@ -1,4 +1,4 @@
-"""Test images built offline from the busybox rootfs, and running `pirun` as the test user.
+"""Fixtures and helpers of the image tests: test images built offline from the busybox rootfs, and running `pirun` as the test user.
 
 `build_layout` writes an OCI image layout (gzip layers, a config, a manifest, index.json); `layer` makes one
 layer tarball from (TarInfo, bytes) members. The standard test image (`test_image`) has three layers:
@@ -13,10 +13,14 @@ import json
 import os
 import subprocess
 import tarfile
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from conftest import REPO, container_user, user_env, user_kwargs
+import pytest
+
+from conftest import REPO, ROOTFS, ROOTFS_ARM, check_rootfs, container_user, user_env, user_kwargs
 
 PIRUN = REPO / "runtime" / "pirun"
 
@@ -191,3 +195,55 @@ def wait_port(port, timeout=10.0):
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+# --- fixtures (imported by the test modules) ---------------------------------------------------------
+
+
+def _user_dir(prefix):
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    _n, uid, gid, _h = container_user()
+    os.chown(d, uid, gid)
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture(scope="session")
+def image_dir():
+    """A directory for the session's test images (readable by the test user)."""
+    d = _user_dir("pirun-images-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_layout(image_dir):
+    """OCI layout of the standard test image (tag test:1), built from rootfs_host."""
+    check_rootfs(ROOTFS, "the host-architecture test rootfs")
+    path = image_dir / "test-layout"
+    build_test_image(path, ROOTFS)
+    chown_tree(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rootfs_arm_checked():
+    return check_rootfs(ROOTFS_ARM, "the arm64 rootfs")
+
+
+@pytest.fixture
+def root():
+    """A fresh, empty image store (--root) owned by the test user; its debris is removed afterwards."""
+    d = _user_dir("pirun-store-")
+    yield d / "store"
+    if (d / "store").exists():
+        pirun(["image", "prune", "-a"], d / "store")      # subuid-owned files: removed in a user namespace
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def loaded(root, test_layout):
+    """A store with the test image loaded as localhost/test:1."""
+    r = pirun(["load", "-i", test_layout], root)
+    assert r.returncode == 0, r.stderr
+    return root
