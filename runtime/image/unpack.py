@@ -385,6 +385,8 @@ def unpack_one(layers_dir, blob, blob_digest, diff_id, user, lock=True):
         size = plain.n
         with open(f"{layers_dir}/{tmp}/size", "w") as f:
             f.write(f"{size}\n")
+        with open(f"{layers_dir}/{tmp}/blob", "w") as f:       # lets a later pull skip downloading it
+            f.write(f"{raw.digest()} {raw.n}\n")
         final = got.split(":", 1)[1]
         try:
             os.rename(f"{layers_dir}/{tmp}", f"{layers_dir}/{final}")

@@ -247,3 +247,102 @@ def loaded(root, test_layout):
     r = pirun(["load", "-i", test_layout], root)
     assert r.returncode == 0, r.stderr
     return root
+
+
+# --- a local registry (Debian's docker-registry) ----------------------------------------------------------
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Registry:
+    """docker-registry serving on 127.0.0.1:PORT from a temporary directory; with tls=True a certificate made
+    here (openssl) and htpasswd users (bcrypt, from Python's crypt: libxcrypt's $2b$)."""
+
+    def __init__(self, base, tls=False, users=None):
+        import subprocess as sp
+        self.base = Path(base)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.tls = tls
+        self.storage = self.base / "storage"
+        self.storage.mkdir(parents=True)
+        lines = ["version: 0.1", "log:", "  level: error", "  accesslog:", "    disabled: true", "storage:",
+                 "  filesystem:", f"    rootdirectory: {self.storage}", "  delete:", "    enabled: true",
+                 "http:", f"  addr: {self.host}"]
+        if tls:
+            self.certs = self.base / "certs"
+            self.certs.mkdir()
+            r = sp.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", str(self.certs / "key.pem"), "-out", str(self.certs / "ca.crt"),
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True)
+            assert r.returncode == 0, r.stderr
+            lines += ["  tls:", f"    certificate: {self.certs / 'ca.crt'}", f"    key: {self.certs / 'key.pem'}"]
+        if users:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt
+            htpasswd = self.base / "htpasswd"
+            htpasswd.write_text("".join(f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+                                        for u, p in users.items()))
+            lines += ["auth:", "  htpasswd:", "    realm: pirun-test", f"    path: {htpasswd}"]
+        (self.base / "config.yml").write_text("\n".join(lines) + "\n")
+        if not os.path.exists("/usr/bin/docker-registry"):
+            from conftest import missing
+            missing("docker-registry (Debian package docker-registry)", "apt-get install docker-registry")
+        self.proc = sp.Popen(["/usr/bin/docker-registry", "serve", str(self.base / "config.yml")],
+                             stdout=sp.DEVNULL, stderr=sp.PIPE)
+        wait_port(self.port)
+        if tls:
+            chown_tree(self.certs)
+
+    def push(self, src, name, creds=None, all_platforms=False):
+        """skopeo copy SRC (e.g. oci:DIR:TAG) docker://HOST/NAME."""
+        argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+        if creds:
+            argv.append(f"--dest-creds={creds}")
+        if all_platforms:
+            argv.append("--all")
+        r = subprocess.run(argv + [src, f"docker://{self.host}/{name}"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    def blobs(self):
+        return sorted((self.storage / "docker" / "registry" / "v2" / "blobs" / "sha256").glob("*/*/data"),
+                      key=lambda p: p.stat().st_size)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def registry(test_layout):
+    """A plain-HTTP registry with test:1 pushed."""
+    base = _user_dir("pirun-registry-")
+    reg = Registry(base)
+    reg.push(f"oci:{test_layout}:test:1", "test:1")
+    yield reg
+    reg.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_registry(test_layout):
+    """A TLS registry with htpasswd users (lab:secret), test:1 pushed."""
+    base = _user_dir("pirun-registry-tls-")
+    reg = Registry(base, tls=True, users={"lab": "secret"})
+    reg.push(f"oci:{test_layout}:test:1", "test:1", creds="lab:secret")
+    yield reg
+    reg.stop()
+    shutil.rmtree(base, ignore_errors=True)

@@ -140,6 +140,7 @@ def pull(text, ctx, platform, opts, scratch):
         argv += ["--override-variant", platform.variant]
     argv += ["copy", "--quiet", "--retry-times", "0"] + _src_args(opts) + [src, f"oci:{scratch}:image"]
     what = f"pull {reference}"
+    _known_blobs(ctx, scratch)
     try:
         run_skopeo(argv, what)
     except TransportError as e:
@@ -154,6 +155,31 @@ def pull(text, ctx, platform, opts, scratch):
                 raise better from None
         raise
     return oci.Source(oci.Layout(scratch), "image", names=[str(reference)])
+
+
+def _known_blobs(ctx, scratch):
+    """Layers the store has, as sparse placeholders named by their compressed digest and of their size in
+    skopeo's destination: skopeo skips blobs the destination has, so a pull downloads only new layers (the
+    oci transport never reads these: their layers are not unpacked again)."""
+    from runtime.image.store import _listdir
+    layers = f"{ctx.root}/layers"
+    blobs = f"{scratch}/blobs/sha256"
+    os.makedirs(blobs, exist_ok=True)
+    for name in _listdir(layers):
+        if len(name) != 64:
+            continue
+        try:
+            with open(f"{layers}/{name}/blob") as f:
+                digest, size = f.read().split()
+        except (OSError, ValueError):
+            continue
+        hexd = digest.partition(":")[2]
+        if len(hexd) == 64 and hexd.isalnum():
+            fd = os.open(f"{blobs}/{hexd}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, int(size))
+            finally:
+                os.close(fd)
 
 
 def open_source(text, ctx, opts=None):

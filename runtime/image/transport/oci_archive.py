@@ -15,16 +15,22 @@ class ArchiveLayout(Layout):
         self.path = path
         import tarfile
         try:
+            links = []
             with tarfile.open(path, "r:") as tf:
                 self.members = {}
                 for ti in tf:
-                    name = ti.name[2:] if ti.name.startswith("./") else ti.name
+                    name = _clean(ti.name)
                     if ti.isreg():
                         self.members[name] = (ti.offset_data, ti.size)
                     elif ti.islnk():
-                        target = ti.linkname[2:] if ti.linkname.startswith("./") else ti.linkname
-                        if target in self.members:
-                            self.members[name] = self.members[target]
+                        links.append((name, _clean(ti.linkname)))
+                    elif ti.issym():          # podman save: <id>/layer.tar -> ../<id>.tar
+                        import posixpath
+                        links.append((name, posixpath.normpath(posixpath.join(posixpath.dirname(name),
+                                                                              ti.linkname))))
+            for name, target in links:
+                if target in self.members:
+                    self.members[name] = self.members[target]
         except (tarfile.TarError, OSError, EOFError) as e:
             raise TransportError(f"{path} is not an image archive: {e}",
                                  fix="give an archive made by podman save, docker save or skopeo copy") from None
@@ -47,6 +53,12 @@ class ArchiveLayout(Layout):
         with open(self.path, "rb") as f:
             f.seek(m[0])
             return f.read(min(m[1], 64 << 20))
+
+
+def _clean(name):
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def plain_archive(path, ctx):
