@@ -201,10 +201,12 @@ class _Unpacker:
             from runtime.image.userns import mapped_ids
             uids, gids = mapped_ids()
             n = min(sum(c for _, c in uids), sum(c for _, c in gids))
+            need = max(uid, gid)
             raise LayerError(f"{self.what}: {member!r} is owned by {uid}:{gid}, outside the {n} user and group "
-                             f"IDs mapped for you", fix=f"give {self.user} a subordinate ID range of 65536 "
-                             f"(usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {self.user}, as "
-                             f"the pirun_prereqs role does)") from None
+                             f"IDs mapped for you (0 to {n - 1})",
+                             fix=f"give {self.user} more than {need} subordinate IDs (usermod --add-subuids "
+                                 f"FIRST-LAST --add-subgids FIRST-LAST {self.user}; /etc/subuid, /etc/subgid), "
+                                 f"or use an image whose files belong to IDs below {n}") from None
 
     def xattrs(self, target, ti):
         """The member's xattrs (user.* and file capabilities) on the open file `target`."""
