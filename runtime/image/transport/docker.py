@@ -29,16 +29,17 @@ def skopeo_path():
     return path
 
 
-def _src_args(opts):
+def _src_args(opts, prefix="--src-"):
+    """skopeo copy's source options (prefix "--"  for skopeo inspect)."""
     args = []
     if opts.tls_verify is not None:
-        args.append(f"--src-tls-verify={'true' if opts.tls_verify else 'false'}")
+        args.append(f"{prefix}tls-verify={'true' if opts.tls_verify else 'false'}")
     if opts.creds:
-        args.append(f"--src-creds={opts.creds}")
+        args.append(f"{prefix}creds={opts.creds}")
     if opts.authfile:
-        args.append(f"--src-authfile={opts.authfile}")
+        args.append(f"{'--' if prefix == '--' else prefix}authfile={opts.authfile}")
     if opts.cert_dir:
-        args.append(f"--src-cert-dir={opts.cert_dir}")
+        args.append(f"{prefix}cert-dir={opts.cert_dir}")
     return args
 
 
@@ -147,7 +148,7 @@ def pull(text, ctx, platform, opts, scratch):
         if "manifest list" in e.message:
             # name the platforms the image has: one more request, only on this error path
             try:
-                raw = run_skopeo([skopeo, "inspect", "--raw", "--retry-times", "0"] + _src_args(opts) + [src],
+                raw = run_skopeo([skopeo, "inspect", "--raw", "--retry-times", "0"] + _src_args(opts, "--") + [src],
                                  what)
                 from runtime.image.transport import choose
                 choose(load_json(raw, "the image index"), platform, f"{reference}")

@@ -79,6 +79,7 @@ class Source:
         digest = desc.get("digest")
         data = self.layout.read_blob(digest)
         doc = load_json(data, f"manifest {digest}")
+        outer = desc
         if doc.get("mediaType") in MEDIA_INDEX or desc.get("mediaType") in MEDIA_INDEX or "manifests" in doc:
             desc = choose(doc, platform, f"image index {digest}")
             digest = desc["digest"]
@@ -92,7 +93,7 @@ class Source:
         names = self.names
         if names is None:
             names = []
-            tag = (desc.get("annotations") or {}).get(REF_NAME)
+            tag = (outer.get("annotations") or {}).get(REF_NAME) or (desc.get("annotations") or {}).get(REF_NAME)
             if tag:
                 # a full reference as ref.name (skopeo, buildah), or only a tag: named after the layout
                 text = tag if "/" in tag or ":" in tag else f"{self.layout.name()}:{tag}"
