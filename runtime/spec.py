@@ -104,9 +104,11 @@ class Overlay(Record):
     lowers: layer directories, topmost first; upper/work: the writable layer (None: read-only);
     driver: "overlay" (native, userxattr) or "fuse-overlayfs"; mkdirs: ((path, is_dir), ...) volume targets the
     image lacks, created in the writable layer; remove: (dir fd, name) of the writable layer that process I
-    removes when the container ends (unnamed foreground containers), or None."""
-    __slots__ = ("lowers", "upper", "work", "driver", "mkdirs", "remove")
-    _defaults = {"upper": None, "work": None, "driver": "overlay", "mkdirs": (), "remove": None}
+    removes when the container ends (unnamed foreground containers), or None; volatile: a throwaway layer,
+    never synced to disk (overlayfs `volatile`: the unmount does not sync the whole host filesystem)."""
+    __slots__ = ("lowers", "upper", "work", "driver", "mkdirs", "remove", "volatile")
+    _defaults = {"upper": None, "work": None, "driver": "overlay", "mkdirs": (), "remove": None,
+                 "volatile": False}
 
 
 class RunOptions(Record):

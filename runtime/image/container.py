@@ -10,7 +10,7 @@ An unnamed foreground container's layer is removed by process I when the contain
 import fcntl
 import os
 
-from runtime.image.store import Store, StoreError, now
+from runtime.image.store import Store, StoreError, json_record, now
 from runtime.spec import Overlay
 
 
@@ -99,12 +99,11 @@ def prepare(ctx, spec, opts, container_id, remove_on_exit=True, warn=None):
                 upper, work = f"{path}/upper", f"{path}/work"
                 os.mkdir(upper, 0o755)
                 os.mkdir(work, 0o700)
-            import json
             record = {"id": container_id, "image": rec["id"] if rec else None, "image_name": opts.image,
                       "rootfs": None if rec else spec.rootfs, "name": opts.name, "created": now(),
                       "stop_signal": stop_signal}
             with open(f"{path}/container.json", "w") as f:
-                json.dump(record, f)
+                f.write(json_record(record))
             dir_fd = os.open(store.containers, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             if lock_fd is not None:
@@ -121,7 +120,7 @@ def prepare(ctx, spec, opts, container_id, remove_on_exit=True, warn=None):
         if spec.workdir != "/":
             mkdirs += ((spec.workdir, True),)
     ov = Overlay(lowers=tuple(lowers), upper=upper, work=work, driver=driver, mkdirs=mkdirs,
-                 remove=(dir_fd, container_id) if remove_on_exit else None)
+                 remove=(dir_fd, container_id) if remove_on_exit else None, volatile=remove_on_exit)
     return spec.replace(rootfs=f"{path}/merged", overlay=ov), layer
 
 

@@ -25,10 +25,10 @@ def mount_step(step):
     ov = step.overlay
     if ov.driver == "fuse-overlayfs":
         from runtime.image.overlay import fuse
-        fuse.mount(ov.lowers, ov.upper, ov.work, step.target)
+        fuse.mount(ov.lowers, ov.upper, ov.work, step.target, ov.volatile)
     else:
         from runtime.image.overlay import native
-        native.mount(ov.lowers, ov.upper, ov.work, step.target)
+        native.mount(ov.lowers, ov.upper, ov.work, step.target, ov.volatile)
     if ov.mkdirs:
         root_fd = os.open(step.target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:

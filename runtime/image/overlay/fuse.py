@@ -19,7 +19,7 @@ def usable():
         raise SetupError("/dev/fuse cannot be opened by this user", fix=FIX)
 
 
-def mount(lowers, upper, work, target):
+def mount(lowers, upper, work, target, volatile=False):
     from runtime.idmap import find_tool
     from runtime.image.overlay import options
     tool = find_tool("fuse-overlayfs")
@@ -29,6 +29,8 @@ def mount(lowers, upper, work, target):
     if parent != "/":
         opts = "lowerdir=" + ":".join(f"{parent}/{l}" for l in opts.split(",")[0][9:].split(":")) + \
             opts[len(opts.split(",")[0]):]
+    if volatile and upper is not None:
+        opts += ",fsync=0"
     r, w = os.pipe()
     pid = os.posix_spawn(tool, [tool, "-o", opts, target], {"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
                          file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])

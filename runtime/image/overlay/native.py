@@ -5,10 +5,12 @@ from runtime import libc
 from runtime.errors import SetupError
 
 
-def mount(lowers, upper, work, target):
+def mount(lowers, upper, work, target, volatile=False):
     from runtime.image.overlay import NATIVE_FIX, options
     parent, opts = options(lowers, upper, work)
     opts += ",userxattr"
+    if volatile and upper is not None:
+        opts += ",volatile"          # a throwaway layer: its unmount must not sync the host's filesystem
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.chdir(parent)
