@@ -87,17 +87,43 @@ def pull_image(ctx, text, platform_text=None, warn=None, pull_opts=None):
         text = text[len("docker://"):]
     ref.parse(text)                                  # a bad reference fails before skopeo starts
     store = _store(ctx)
+    from runtime.image.store import _listdir
+    before = set(_listdir(store.layers))
     lock = store.shared()
+    committed = False
     try:
         scratch = store.tmpdir()
         try:
-            source = docker.pull(text, ctx, platform, pull_opts or docker.PullOptions(), scratch)
+            source, unpacked = docker.pull(text, ctx, platform, pull_opts or docker.PullOptions(), scratch)
             images = source.images(platform)
-            return transport.commit(ctx, images[0], warn=warn or ctx.warn)
+            devices = sum(v[2] for v in unpacked.values())
+            if devices:
+                (warn or ctx.warn)(f"{devices} device node(s) in the image were skipped: device nodes cannot "
+                                   f"be created rootless")
+            rec = transport.commit(ctx, images[0], warn=warn or ctx.warn)
+            committed = True
+            return rec
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     finally:
         os.close(lock)
+        if not committed:
+            new = [n for n in set(_listdir(store.layers)) - before if len(n) == 64]
+            if new:
+                _forget_layers(store, ["sha256:" + n for n in new])
+
+
+def _forget_layers(store, diff_ids):
+    """A failed pull removes the layers it unpacked, unless another command is adding to the store (then
+    they stay as debris for image prune) or an image uses them."""
+    fd = store.exclusive(wait=False)
+    if fd is None:
+        return
+    try:
+        used = {d for r in store.read_images() for d in r["layers"]}
+        store.remove([store.layer_dir(d) for d in diff_ids if d not in used])
+    finally:
+        os.close(fd)
 
 
 def pull(argv, ctx):

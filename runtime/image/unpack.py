@@ -453,6 +453,90 @@ def unpack_all(layers_dir, jobs, user):
     return "\n".join(out)
 
 
+def stream_worker(layers_dir, cmd_fd, user):
+    """In a user-namespace child: unpack the blobs whose paths arrive as lines on cmd_fd (a pull's layers,
+    while they download), each checked against the digest its file is named by; returns lines
+    'blob_digest diff_id size devices' once cmd_fd is closed, after syncing the filesystem."""
+    out, buf = [], b""
+    while True:
+        b = os.read(cmd_fd, 4096)
+        if not b:
+            break
+        buf += b
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            path = line.decode(errors="surrogateescape")
+            digest = "sha256:" + os.path.basename(path)
+            got, size, devices = unpack_one(layers_dir, (path, 0, -1), digest, None, user, lock=False)
+            out.append(f"{digest} {got} {size} {devices}")
+    fd = os.open(layers_dir, _DIR_FLAGS)
+    try:
+        from runtime import libc
+        libc.syncfs(fd)
+    finally:
+        os.close(fd)
+    return "\n".join(out)
+
+
+class StreamPool:
+    """Unpack a pull's layers as they arrive, in `workers` user-namespace children (parallel on several
+    cores). feed(path) hands one blob over; finish() returns {blob digest: (diff_id, size, devices)}."""
+
+    def __init__(self, layers_dir, user, workers=2):
+        self.workers = []
+        self.pending = []
+        try:
+            for _ in range(workers):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                from runtime.image import userns
+                keep = [w] + [x[1] for x in self.workers]
+                child = userns.start(stream_worker, layers_dir, r, user, keep=keep)
+                os.close(r)
+                self.workers.append([child, w, 0])
+        except BaseException:
+            self.abort()
+            raise
+
+    def feed(self, path, size):
+        worker = min(self.workers, key=lambda x: x[2])
+        worker[2] += size
+        os.write(worker[1], path.encode(errors="surrogateescape") + b"\n")
+
+    def failed(self):
+        """A worker that ended early (an error): raise its error."""
+        import select
+        fds = [w[0].res_r for w in self.workers if w[1] is not None]
+        r, _, _ = select.select(fds, [], [], 0)
+        for w in self.workers:
+            if w[0].res_r in r:
+                os.close(w[1])
+                w[1] = None
+                w[0].wait()          # raises the worker's error
+
+    def finish(self):
+        done = {}
+        try:
+            for w in self.workers:
+                if w[1] is not None:
+                    os.close(w[1])
+                    w[1] = None
+            for w in self.workers:
+                for line in (w[0].wait() or "").splitlines():
+                    digest, diff_id, size, devices = line.split()
+                    done[digest] = (diff_id, int(size), int(devices))
+        except BaseException:
+            self.abort()
+            raise
+        return done
+
+    def abort(self):
+        for w in self.workers:
+            if w[1] is not None:
+                os.close(w[1])
+                w[1] = None
+            w[0].kill()
+
+
 def remove_paths(paths):
     """In the user-namespace child: rm -rf each path (files of every mapped ID)."""
     for p in paths:

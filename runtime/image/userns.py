@@ -28,6 +28,51 @@ def _kind(name):
 def run(fn, *args, mount_ns=False):
     """fn(*args) -> str, in the namespace; returns its str. With mount_ns, the child also gets a mount
     namespace of its own (for test mounts)."""
+    return start(fn, *args, mount_ns=mount_ns).wait()
+
+
+class Child:
+    """A started user-namespace child: wait() for its result; kill() it."""
+
+    def __init__(self, pid, res_r):
+        self.pid, self.res_r, self.chunks, self.status = pid, res_r, [], None
+
+    def readable(self):
+        return self.res_r
+
+    def kill(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, _signal.SIGKILL)
+            except OSError:
+                pass
+            self.wait(raise_error=False)
+
+    def wait(self, raise_error=True):
+        if self.status is None:
+            try:
+                while True:
+                    b = os.read(self.res_r, 65536)
+                    if not b:
+                        break
+                    self.chunks.append(b)
+            finally:
+                os.close(self.res_r)
+                _, self.status = os.waitpid(self.pid, 0)
+        data = b"".join(self.chunks)
+        if data[:1] == b"R":
+            return data[1:].decode(errors="surrogateescape")
+        if not raise_error:
+            return None
+        if data[:1] == b"E":
+            kind, message, fix = (data[1:].decode(errors="replace").split("\0") + ["", ""])[:3]
+            raise _kind(kind)(message, fix or None)
+        raise SetupError(f"user-namespace helper ended with status {os.waitstatus_to_exitcode(self.status)}")
+
+
+def start(fn, *args, mount_ns=False, keep=()):
+    """Start fn(*args) in a user-namespace child and return a Child once its ID maps are written. `keep`:
+    fds of the parent to close in the child (the other ends of pipes it talks through)."""
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
@@ -37,6 +82,8 @@ def run(fn, *args, mount_ns=False):
         try:
             os.close(res_r)
             os.close(go_w)
+            for fd in keep:
+                os.close(fd)
             libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
             _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
             if os.getppid() != parent:
@@ -60,9 +107,11 @@ def run(fn, *args, mount_ns=False):
             os._exit(code)
     os.close(res_w)
     os.close(go_r)
+    child = Child(pid, res_r)
     try:
         first = os.read(res_r, 1)
         if first != b"U":
+            child.wait(raise_error=False)
             raise SetupError("create a user namespace: the helper process ended", fix=_userns_fix())
         from runtime import idmap
         import pwd
@@ -73,32 +122,12 @@ def run(fn, *args, mount_ns=False):
             user = str(uid)
         idmap.write_maps(pid, uid, gid, user)        # a single mapping warns nowhere here: chown errors say it
         os.write(go_w, b"G")
-        os.close(go_w)
-        go_w = None
-        chunks = []
-        while True:
-            b = os.read(res_r, 65536)
-            if not b:
-                break
-            chunks.append(b)
     except BaseException:
-        try:
-            os.kill(pid, _signal.SIGKILL)
-        except OSError:
-            pass
+        child.kill()
         raise
     finally:
-        os.close(res_r)
-        if go_w is not None:
-            os.close(go_w)
-        _, status = os.waitpid(pid, 0)
-    data = b"".join(chunks)
-    if data[:1] == b"R":
-        return data[1:].decode(errors="surrogateescape")
-    if data[:1] == b"E":
-        kind, message, fix = (data[1:].decode(errors="replace").split("\0") + ["", ""])[:3]
-        raise _kind(kind)(message, fix or None)
-    raise SetupError(f"user-namespace helper ended with status {os.waitstatus_to_exitcode(status)}")
+        os.close(go_w)
+    return child
 
 
 def _send(fd, data):

@@ -43,8 +43,9 @@ def _src_args(opts, prefix="--src-"):
     return args
 
 
-def run_skopeo(argv, what):
-    """Run skopeo, pdeathsig'd; returns stdout bytes or raises a one-line TransportError from its message."""
+def run_skopeo(argv, what, tick=None):
+    """Run skopeo, pdeathsig'd; returns stdout bytes or raises a one-line TransportError from its message.
+    tick() is called about every 20 ms while it runs (an exception from it kills skopeo)."""
     import _signal
     from runtime import libc
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -72,7 +73,9 @@ def run_skopeo(argv, what):
     sel.register(err_r, selectors.EVENT_READ)
     try:
         while sel.get_map():
-            for key, _ in sel.select():
+            if tick is not None:
+                tick()
+            for key, _ in sel.select(0.02 if tick is not None else None):
                 b = os.read(key.fd, 65536)
                 if b:
                     bufs[key.fd].append(b)
@@ -141,9 +144,38 @@ def pull(text, ctx, platform, opts, scratch):
         argv += ["--override-variant", platform.variant]
     argv += ["copy", "--quiet", "--retry-times", "0"] + _src_args(opts) + [src, f"oci:{scratch}:image"]
     what = f"pull {reference}"
-    _known_blobs(ctx, scratch)
+    known = _known_blobs(ctx, scratch)
+    import pwd
+    from runtime.image import unpack
     try:
-        run_skopeo(argv, what)
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    pool = unpack.StreamPool(f"{ctx.root}/layers", user, workers=min(2, os.cpu_count() or 1))
+    fed = set(known)
+    blobs = f"{scratch}/blobs/sha256"
+
+    def feed():
+        """Hand every blob skopeo has finished (renamed into blobs/, digest checked) to the unpackers."""
+        pool.failed()
+        for name in os.listdir(blobs):
+            if name in fed or len(name) != 64:
+                continue
+            fed.add(name)
+            path = f"{blobs}/{name}"
+            with open(path, "rb") as f:
+                head = f.read(1)
+            if head in (b"{", b""):                       # a manifest or config (JSON): not a layer
+                continue
+            pool.feed(path, os.stat(path).st_size)
+    try:
+        try:
+            run_skopeo(argv, what, tick=feed)
+            feed()
+        except BaseException:
+            pool.abort()
+            raise
+        unpacked = pool.finish()
     except TransportError as e:
         if "manifest list" in e.message:
             # name the platforms the image has: one more request, only on this error path
@@ -155,7 +187,7 @@ def pull(text, ctx, platform, opts, scratch):
             except TransportError as better:
                 raise better from None
         raise
-    return oci.Source(oci.Layout(scratch), "image", names=[str(reference)])
+    return oci.Source(oci.Layout(scratch), "image", names=[str(reference)]), unpacked
 
 
 def _known_blobs(ctx, scratch):
@@ -166,6 +198,7 @@ def _known_blobs(ctx, scratch):
     layers = f"{ctx.root}/layers"
     blobs = f"{scratch}/blobs/sha256"
     os.makedirs(blobs, exist_ok=True)
+    known = set()
     for name in _listdir(layers):
         if len(name) != 64:
             continue
@@ -181,6 +214,8 @@ def _known_blobs(ctx, scratch):
                 os.ftruncate(fd, int(size))
             finally:
                 os.close(fd)
+            known.add(hexd)
+    return known
 
 
 def open_source(text, ctx, opts=None):
