@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Images: run latency on an overlay, pull speed against podman, disk use of many containers (one run).
 
-    python3 bench/images.py [--rounds 30] [--pull-rounds 3] [--containers 20] [--skip-pull]
+    python3 bench/images.py [--rounds 30] [--pull-rounds 3] [--containers 20] [--skip-pull | --only-pull]
 
 Run as root (it starts a local registry and re-runs pirun and podman as $PIRUN_TEST_USER, default pirun).
   1. `pirun run IMAGE true` against `run.py --rootfs DIR true` (the same busybox tree), interleaved rounds.
@@ -276,6 +276,7 @@ def main():
     ap.add_argument("--pull-rounds", type=int, default=3)
     ap.add_argument("--containers", type=int, default=20)
     ap.add_argument("--skip-pull", action="store_true")
+    ap.add_argument("--only-pull", action="store_true")
     args = ap.parse_args()
     if os.getuid() != 0:
         sys.exit("bench: run as root (it starts a registry and runs pirun as $PIRUN_TEST_USER)")
@@ -284,6 +285,9 @@ def main():
     print(f"images benchmark, {os.uname().machine}, {time.strftime('%Y-%m-%d')}, user {PW.pw_name}, "
           f"store in {PW.pw_dir}")
     try:
+        if args.only_pull:
+            bench_pull(work, args.pull_rounds)
+            return
         store = bench_run(work, args.rounds)
         if not args.skip_pull:
             bench_pull(work, args.pull_rounds)
