@@ -134,3 +134,25 @@ def test_rootfs_overlay_keeps_the_directory_pristine(root, shared_tmp):
 def test_unknown_image_is_one_line(root):
     line = one_error_line(pirun(RUN + ["nosuch:1", "true"], root))
     assert "nosuch:1 is not in the store" in line and "fix: pirun pull" in line
+
+
+def test_fuse_overlayfs_driver(loaded):
+    """The fallback driver, forced: it runs the image where the test user can open /dev/fuse; where it
+    cannot (this CI machine's /dev/fuse is 0600 root), one line names the fix."""
+    r = pirun(RUN + ["test:1", "cat", "/etc/top"], loaded, env={"PIRUN_OVERLAY_DRIVER": "fuse-overlayfs"})
+    import pwd
+    from conftest import TEST_USER
+    uid = pwd.getpwnam(TEST_USER).pw_uid if os.getuid() == 0 else os.getuid()
+    st = os.stat("/dev/fuse")
+    usable = bool(st.st_mode & 0o006) or (st.st_uid == uid and st.st_mode & 0o600 == 0o600)
+    if usable:
+        assert r.returncode == 0 and r.stdout == "top layer\n", r.stderr
+    else:
+        line = one_error_line(r)
+        assert "/dev/fuse cannot be opened" in line and "fix:" in line
+    assert list((loaded / "containers").iterdir()) == []
+
+
+def test_unknown_driver_is_one_line(loaded):
+    line = one_error_line(pirun(RUN + ["test:1", "true"], loaded, env={"PIRUN_OVERLAY_DRIVER": "aufs"}))
+    assert "unknown driver" in line
