@@ -405,8 +405,7 @@ def rmi(argv, ctx):
             from runtime.image import ref
             by_name = not (ref.is_id_prefix(text) and rec["id"].startswith(text.removeprefix("sha256:")))
             if by_name and len(rec["names"]) > 1:
-                wanted = store.lookup(text, [rec]) and [n for n in rec["names"] if store.lookup(text, [
-                    dict(rec, names=[n])])]
+                wanted = [n for n in rec["names"] if store.lookup(text, [dict(rec, names=[n])])]
                 def untag(images, rid=rec["id"], drop=wanted):
                     for r in images:
                         if r["id"] == rid:

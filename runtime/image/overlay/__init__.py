@@ -113,11 +113,11 @@ def choose_driver(root):
     return driver
 
 
-def options(lowers, upper, work):
+def options(lowers, upper, work, relative=True):
     """mount options and the directory they are relative to (short relative paths keep the option string
     under the kernel's page-size limit for many layers)."""
     parent = os.path.dirname(os.path.dirname(lowers[0]))
-    if all(os.path.dirname(os.path.dirname(l)) == parent for l in lowers):
+    if relative and all(os.path.dirname(os.path.dirname(l)) == parent for l in lowers):
         names = [os.path.relpath(l, parent) for l in lowers]
     else:
         parent, names = "/", list(lowers)

@@ -25,10 +25,7 @@ def mount(lowers, upper, work, target, volatile=False):
     tool = find_tool("fuse-overlayfs")
     if tool is None:
         raise SetupError("mount the image's overlay: fuse-overlayfs not found", fix=FIX)
-    parent, opts = options(lowers, upper, work)
-    if parent != "/":
-        opts = "lowerdir=" + ":".join(f"{parent}/{l}" for l in opts.split(",")[0][9:].split(":")) + \
-            opts[len(opts.split(",")[0]):]
+    _, opts = options(lowers, upper, work, relative=False)
     if volatile and upper is not None:
         opts += ",fsync=0"
     r, w = os.pipe()
