@@ -139,3 +139,45 @@ def _pull_child(root, registry, test_layout, layout):
     assert len(after) == len(before) + 1 and set(before) < set(after)
     assert pirun(RUN + [f"{registry.host}/child:1", "cat", "/etc/child", "/etc/top"], root).stdout == \
         "child\ntop layer\n"
+
+
+def test_kill_9_during_pull(root, registry):
+    """pirun killed during a pull takes skopeo and its unpackers with it; nothing is listed; the next pull
+    works and a prune leaves no debris."""
+    import os
+    import signal
+    import time
+    from conftest import user_env, user_kwargs
+    for delay in (0.1, 0.3, 0.6):
+        p = subprocess.Popen([str(PIRUN), "--root", str(root), "pull", "--tls-verify=false",
+                              f"{registry.host}/test:1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=user_env(), cwd="/", **user_kwargs())
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 5
+        while _procs(str(root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _procs(str(root)) == []
+        listed = pirun(["images", "-q"], root).stdout.split()
+        if listed:
+            assert pirun(RUN + [f"{registry.host}/test:1", "cat", "/etc/top"], root).stdout == "top layer\n"
+            assert pirun(["rmi", f"{registry.host}/test:1"], root).returncode == 0
+    assert pirun(["image", "prune"], root).returncode == 0
+    assert os.listdir(root / "tmp") == [] and layer_dirs(root) == []
+    assert pirun(["pull", "--tls-verify=false", f"{registry.host}/test:1"], root).returncode == 0
+    assert len(layer_dirs(root)) == 3
+
+
+def _procs(text):
+    import os
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        out.append(int(pid))
+            except OSError:
+                pass
+    return out
