@@ -34,6 +34,9 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
             os.setgroups([])                     # drop the caller's supplementary groups where allowed
         except OSError:
             pass
+        remove = spec.overlay.remove if spec.overlay is not None else None
+        if remove is not None:
+            from runtime.image.overlay import remove_layer_at      # imported before C's pivot_root
         flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP | CLONE_NEWPID
         if unshare_net:
             flags |= CLONE_NEWNET
@@ -61,6 +64,10 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
             break
         except ChildProcessError:
             os._exit(125)
+    if remove is not None:
+        # An unnamed container's writable layer goes with it: I is root of the user namespace, the only
+        # place where files of every mapped ID can be removed, and the launcher is waiting for the status.
+        remove_layer_at(*remove)
     try:
         if os.WIFSIGNALED(status):
             chan.send(sync.SIGNAL, os.WTERMSIG(status))

@@ -376,7 +376,10 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None, pirun=F
         image, command = command[0], command[1:]
         rootfs = ""
     elif "rootfs" in opts:
-        rootfs = os.path.realpath(os.path.join(cwd, opts["rootfs"][1]))
+        text = opts["rootfs"][1]
+        if pirun and text.endswith(":O"):            # podman's DIR:O: DIR as an overlay's read-only lower
+            text = text[:-2]
+        rootfs = os.path.realpath(os.path.join(cwd, text))
     else:
         rootfs = hostconfig.default_rootfs(_repo_dir(), cfg)
     if rootfs:
@@ -412,7 +415,9 @@ def _run_options(opts, image):
     """The `pirun run` options beyond run.py's (checked here; applied by runtime.cmd.run)."""
     from runtime.spec import RunOptions
     values = {"image": image, "detach": "detach" in opts, "remove": "remove" in opts,
-              "explicit": frozenset(k for k in ("workdir", "env", "user", "entrypoint") if k in opts)}
+              "explicit": frozenset(k for k in ("workdir", "env", "user", "entrypoint") if k in opts),
+              "env_names": frozenset(text.partition("=")[0] for _, text in opts.get("env", [])),
+              "rootfs_overlay": "rootfs" in opts and opts["rootfs"][1].endswith(":O")}
     for key in ("name", "platform", "pull", "user", "entrypoint", "log_driver"):
         if key in opts:
             _check_text(opts[key][0], opts[key][1])

@@ -64,6 +64,9 @@ class Init:
             case S.BindRootfs(path=path):
                 sc.mount(path, path, None, MS_BIND | MS_REC, step="bind rootfs")
                 self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            case S.MountOverlay():
+                from runtime.image.overlay import mount_step     # only containers of images get here
+                mount_step(step)
             case S.MountProc():
                 target = require_real_dir(root, "proc", "mount proc")
                 sc.mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, step="mount proc on")
@@ -204,7 +207,7 @@ class Init:
                 sc.attach_terminal(slave)
             sc.chdir(spec.workdir, step="workdir", fix="create it in the rootfs or choose another -w")
             sc.close_fds(chan.fileno())
-            drop_privileges(sc, spec.caps)
+            drop_privileges(sc, spec.caps, spec.user)
             if spec.seccomp:
                 sc.install_seccomp()
             env = dict(spec.env)
@@ -238,13 +241,16 @@ def _gid_mapped(gid):
     return False
 
 
-def drop_privileges(sc, kept):
+def drop_privileges(sc, kept, user=None):
     from runtime import caps
     keep = set(kept)
     for cap in range(caps.last_cap() + 1):
         if cap not in keep:
             sc.prctl(PR_CAPBSET_DROP, cap, step=f"drop capability {cap} from the bounding set")
     sc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, step="clear ambient capabilities")
+    if user is not None and sc.switch_user(*user):
+        sc.prctl(PR_SET_NO_NEW_PRIVS, 1, step="set no_new_privs")
+        return                           # a non-root uid: the kernel cleared the permitted and effective sets
     m = 0
     for cap in keep:
         m |= 1 << cap

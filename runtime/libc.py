@@ -163,3 +163,7 @@ def setns(fd, nstype, step="setns"):
     lib.setns.argtypes = [_ct.c_int, _ct.c_int]
     lib.setns.restype = _ct.c_int
     return check(lib.setns(fd, nstype), step, _flag_names(nstype))
+def syncfs(fd, step="syncfs"):
+    """syncfs(2): write the filesystem holding `fd` to disk (an image store commits after its layers)."""
+    lib = _load()
+    return check(lib.syncfs(fd), step)

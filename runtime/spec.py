@@ -91,17 +91,33 @@ class Spec(Record):
         "limits",        # Limits
         "seccomp",       # True: default seccomp filter
         "allow_root",    # run.py run by real root on purpose
+        "overlay",       # Overlay or None: the rootfs is an overlay mounted by the container side (images)
+        "user",          # (uid, gid) the command runs as, or None: root (0, 0) as run.py does
     )
     _defaults = {"hostname": "myhost", "env": (), "workdir": "/", "read_only": False, "volumes": (),
                  "init": False, "tty": False, "net": NetSpec(), "limits": Limits(), "seccomp": True,
-                 "allow_root": False}
+                 "allow_root": False, "overlay": None, "user": None}
+
+
+class Overlay(Record):
+    """A container's root as an overlay (runtime.image.overlay), mounted on Spec.rootfs before it is bound.
+    lowers: layer directories, topmost first; upper/work: the writable layer (None: read-only);
+    driver: "overlay" (native, userxattr) or "fuse-overlayfs"; mkdirs: ((path, is_dir), ...) volume targets the
+    image lacks, created in the writable layer; remove: (dir fd, name) of the writable layer that process I
+    removes when the container ends (unnamed foreground containers), or None; volatile: a throwaway layer,
+    never synced to disk (overlayfs `volatile`: the unmount does not sync the whole host filesystem)."""
+    __slots__ = ("lowers", "upper", "work", "driver", "mkdirs", "remove", "volatile")
+    _defaults = {"upper": None, "work": None, "driver": "overlay", "mkdirs": (), "remove": None,
+                 "volatile": False}
 
 
 class RunOptions(Record):
     """What `pirun run` adds to a Spec: the image and the container's lifecycle. None/False: not given.
     `explicit` names the options the user gave that an image's config would otherwise decide
-    (workdir, env, user, entrypoint)."""
+    (workdir, env, user, entrypoint); `env_names` the variables given with -e; `rootfs_overlay`: --rootfs DIR:O
+    (DIR is the read-only lower layer of a throwaway overlay)."""
     __slots__ = ("image", "detach", "name", "remove", "platform", "pull", "user", "entrypoint", "log_driver",
-                 "log_opts", "explicit")
+                 "log_opts", "explicit", "env_names", "rootfs_overlay")
     _defaults = {"image": None, "detach": False, "name": None, "remove": False, "platform": None, "pull": None,
-                 "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset()}
+                 "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset(),
+                 "env_names": frozenset(), "rootfs_overlay": False}

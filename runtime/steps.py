@@ -25,6 +25,11 @@ class BindRootfs(Record):
     __slots__ = ("path",)
 
 
+class MountOverlay(Record):
+    """Mount the image's layers (and the container's writable layer) on `target`: runtime.image.overlay."""
+    __slots__ = ("overlay", "target")
+
+
 class MountProc(Record):
     __slots__ = ()
 
@@ -78,6 +83,8 @@ class LoopbackUp(Record):
 
 def plan(spec, backend):
     steps = [MakeRslave(), BindRootfs(path=spec.rootfs), MountProc(), MountDev(), MountSys()]
+    if spec.overlay is not None:
+        steps.insert(1, MountOverlay(overlay=spec.overlay, target=spec.rootfs))
     steps += [BindVolume(host=v.host, target=v.target, read_only=v.read_only) for v in spec.volumes]
     steps += [
         WriteEtc(name="hostname", content=spec.hostname + "\n"),

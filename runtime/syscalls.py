@@ -150,6 +150,19 @@ class Syscalls:
             os.close(slave)
 
     @staticmethod
+    def switch_user(uid, gid):
+        """-u / the image's User: setgroups, setgid, setuid (as podman: the bounding set stays, a non-root user
+        has no permitted or effective capabilities). Returns True when the uid is not 0."""
+        try:
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError as e:
+            raise SetupError(f"switch to user {uid}:{gid}: {e.strerror}",
+                             fix="choose a user and group mapped in the container (your subordinate IDs)") from None
+        return uid != 0
+
+    @staticmethod
     def close_fds(keep):
         """Close every fd above stderr but `keep` (the sync channel, close-on-exec)."""
         os.closerange(3, keep)

@@ -34,4 +34,14 @@ def main(argv, ctx):
         from runtime.lifecycle.monitor import run_container
         return run_container(ctx, spec, hostcfg, opts, container_id, hold)
     from runtime.launcher import launch
-    return launch(spec, hostcfg, ctx.warn)
+    if opts.image is None and not opts.rootfs_overlay:
+        return launch(spec, hostcfg, ctx.warn)          # --rootfs DIR: as run.py, stateless
+    from runtime.image.container import new_id, prepare
+    spec, layer = prepare(ctx, spec, opts, new_id(), remove_on_exit=not (opts.detach or opts.name))
+    try:
+        return launch(spec, hostcfg, ctx.warn)
+    finally:
+        if opts.detach or opts.name:
+            layer.release()
+        else:
+            layer.remove()

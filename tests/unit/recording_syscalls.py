@@ -96,6 +96,10 @@ class RecordingSyscalls:
         self.calls.append(("attach_terminal",))
         os.close(slave)
 
+    def switch_user(self, uid, gid):
+        self._record(("switch_user", uid, gid), f"switch to user {uid}:{gid}", None)
+        return uid != 0
+
     def close_fds(self, keep):
         self.calls.append(("close_fds", keep))
 
