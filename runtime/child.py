@@ -44,14 +44,19 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
         # C must not speak on the channel before I has announced it (CHILD before SETUP): it waits for one
         # byte on this pipe, which I writes after sending CHILD.
         hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
+        # I holds the write end of `life` until it dies: C reads EOF there once I is gone (a change of user
+        # clears C's parent-death signal; init re-arms it and then looks here).
+        life_r, life_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             os.close(hold_w)
+            os.close(life_w)
             if os.read(hold_r, 1) != b"G":       # EOF: I died before announcing us
                 os._exit(125)
             os.close(hold_r)
-            _container(spec, plan, chan)
+            _container(spec, plan, chan, life_r)
         os.close(hold_r)
+        os.close(life_r)
         chan.send(sync.CHILD, pid)
         os.write(hold_w, b"G")
         os.close(hold_w)
@@ -78,10 +83,10 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
     os._exit(0)
 
 
-def _container(spec, plan, chan):
+def _container(spec, plan, chan, parent_fd):
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
     except BaseException as e:               # noqa: BLE001
         os._exit(chan.send_error(e, "start the container"))
     from runtime.init import Init
-    Init(spec, plan, chan).run()
+    Init(spec, plan, chan, parent_fd=parent_fd).run()

@@ -46,11 +46,12 @@ class Init:
     """C's work. `syscalls` is the surface every effect goes through (runtime.syscalls; tests: a recording
     double); the default costs nothing over calling libc and os directly."""
 
-    def __init__(self, spec, plan, chan, syscalls=None):
+    def __init__(self, spec, plan, chan, syscalls=None, parent_fd=None):
         self.spec = spec
         self.plan = plan
         self.chan = chan
         self.sc = syscalls or Syscalls()
+        self.parent_fd = parent_fd             # read end of a pipe only process I writes to: EOF when I is gone
         self.root = spec.rootfs
         self.root_fd = None
         self.doing = "start the container"     # a step or a phase: names an error that does not (a raw OSError)
@@ -65,8 +66,8 @@ class Init:
                 sc.mount(path, path, None, MS_BIND | MS_REC, step="bind rootfs")
                 self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             case S.MountOverlay():
-                from runtime.image.overlay import mount_step     # only containers of images get here
-                mount_step(step)
+                from runtime.image import overlay     # preloaded for containers of images (the only ones here)
+                overlay.mount_step(step)
             case S.MountProc():
                 target = require_real_dir(root, "proc", "mount proc")
                 sc.mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, step="mount proc on")
@@ -206,8 +207,9 @@ class Init:
             if spec.tty:
                 sc.attach_terminal(slave)
             sc.chdir(spec.workdir, step="workdir", fix="create it in the rootfs or choose another -w")
-            sc.close_fds(chan.fileno())
-            drop_privileges(sc, spec.caps, spec.user)
+            keep = (chan.fileno(),) if self.parent_fd is None else (chan.fileno(), self.parent_fd)
+            sc.close_fds(*keep)
+            drop_privileges(sc, spec.caps, spec.user, self.parent_fd)
             if spec.seccomp:
                 sc.install_seccomp()
             env = dict(spec.env)
@@ -227,6 +229,8 @@ def _preload(spec):
         import termios  # noqa: F401
     if spec.seccomp:
         from runtime import seccomp  # noqa: F401  (fails closed: no filter module, no container)
+    if spec.overlay is not None:
+        from runtime.image import overlay  # noqa: F401
 
 
 def _gid_mapped(gid):
@@ -241,16 +245,19 @@ def _gid_mapped(gid):
     return False
 
 
-def drop_privileges(sc, kept, user=None):
+def drop_privileges(sc, kept, user=None, parent_fd=None):
     from runtime import caps
     keep = set(kept)
     for cap in range(caps.last_cap() + 1):
         if cap not in keep:
             sc.prctl(PR_CAPBSET_DROP, cap, step=f"drop capability {cap} from the bounding set")
     sc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, step="clear ambient capabilities")
-    if user is not None and sc.switch_user(*user):
-        sc.prctl(PR_SET_NO_NEW_PRIVS, 1, step="set no_new_privs")
-        return                           # a non-root uid: the kernel cleared the permitted and effective sets
+    if user is not None:
+        non_root = sc.switch_user(*user)
+        sc.rearm_parent_death(parent_fd)     # the new credentials cleared it: the container must still die with I
+        if non_root:
+            sc.prctl(PR_SET_NO_NEW_PRIVS, 1, step="set no_new_privs")
+            return                       # a non-root uid: the kernel cleared the permitted and effective sets
     m = 0
     for cap in keep:
         m |= 1 << cap

@@ -154,7 +154,10 @@ class Syscalls:
         """-u / the image's User: setgroups, setgid, setuid (as podman: the bounding set stays, a non-root user
         has no permitted or effective capabilities). Returns True when the uid is not 0."""
         try:
-            os.setgroups([gid])
+            try:
+                os.setgroups([gid])
+            except PermissionError:
+                pass                     # setgroups is denied in a user namespace with a single ID mapping
             os.setgid(gid)
             os.setuid(uid)
         except OSError as e:
@@ -163,10 +166,30 @@ class Syscalls:
         return uid != 0
 
     @staticmethod
-    def close_fds(keep):
-        """Close every fd above stderr but `keep` (the sync channel, close-on-exec)."""
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 0x7FFFFFFF)     # one close_range(2); fds above 65535 exist (hard limit 524288)
+    def rearm_parent_death(parent_fd):
+        """A change of credentials (setuid, setgid) clears PR_SET_PDEATHSIG: set it again, then make sure the
+        parent did not die in between: `parent_fd` is the read end of a pipe whose write end only the parent
+        holds, so EOF there means it is gone, and so must we be."""
+        libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal again")
+        if parent_fd is None:
+            return
+        os.set_blocking(parent_fd, False)
+        try:
+            gone = os.read(parent_fd, 1) == b""
+        except BlockingIOError:
+            gone = False
+        os.close(parent_fd)
+        if gone:
+            os._exit(128 + _signal.SIGKILL)
+
+    @staticmethod
+    def close_fds(*keep):
+        """Close every fd above stderr but those in `keep` (the sync channel, the parent pipe: close-on-exec)."""
+        low = 3
+        for fd in sorted(keep):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 0x7FFFFFFF)          # one close_range(2); fds above 65535 exist (hard limit 524288)
 
     @staticmethod
     def install_seccomp():

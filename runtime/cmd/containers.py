@@ -386,6 +386,8 @@ def rm(argv, ctx):
             _kill_now(c)
             _wait_stopped(c)
         state.remove(ctx, c)
+        from runtime.image.container import remove_layer
+        remove_layer(ctx, c.id, wait=2.0)
     state.sweep(ctx)
     return _each(ctx, args, opts, RM_USAGE, one)
 

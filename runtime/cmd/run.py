@@ -23,25 +23,31 @@ def main(argv, ctx):
         # detached: a terminal only with an explicit -t (the caller's terminal is not the container's)
         _, (spec, hostcfg, opts) = cli.parse(argv, pirun=True, stdin_tty=False, stdout_tty=False)
     container_id = os.urandom(32).hex()       # 64 hex digits: the record's, the log's and the layer's name
-    hold = ()
-    if opts.image is not None:
-        # The image's prepared root plugs in here (runtime.image):
-        #     spec, image = prepare(ctx, spec, opts, container_id)     # an adjusted Spec, a handle
-        #     hold = (image.lock_fd,)                                   # held while the container lives
-        from runtime.errors import SpecError
-        raise SpecError(f"image {opts.image}: images are not available in this build", fix="use --rootfs DIR")
-    if opts.detach or opts.name:
-        from runtime.lifecycle.monitor import run_container
-        return run_container(ctx, spec, hostcfg, opts, container_id, hold)
-    from runtime.launcher import launch
-    if opts.image is None and not opts.rootfs_overlay:
-        return launch(spec, hostcfg, ctx.warn)          # --rootfs DIR: as run.py, stateless
-    from runtime.image.container import new_id, prepare
-    spec, layer = prepare(ctx, spec, opts, new_id(), remove_on_exit=not (opts.detach or opts.name))
+    recorded = bool(opts.detach or opts.name)
+    layer = None
+    if opts.image is not None or opts.rootfs_overlay:
+        # The container's own writable layer over the image (or over --rootfs DIR:O): runtime.image. Process I
+        # removes it when the container ends, unless the container is recorded and kept (named, no --rm).
+        from runtime.image.container import prepare
+        spec, layer = prepare(ctx, spec, opts, container_id, remove_on_exit=not recorded or opts.remove,
+                              warn=ctx.warn)
+    if not recorded:
+        from runtime.launcher import launch
+        try:
+            return launch(spec, hostcfg, ctx.warn)          # as run.py: stateless
+        finally:
+            if layer is not None:
+                layer.remove()
+    from runtime.lifecycle.monitor import run_container
+    started = False
     try:
-        return launch(spec, hostcfg, ctx.warn)
+        code = run_container(ctx, spec, hostcfg, opts, container_id,
+                             hold=(layer.hand_over(),) if layer is not None else (),
+                             stop_signal=layer.stop_signal if layer is not None else None)
+        started = True
+        return code
     finally:
-        if opts.detach or opts.name:
-            layer.release()
-        else:
-            layer.remove()
+        if layer is not None:
+            # Started: the monitor (and process I) hold the layer's lock now; a named container keeps its layer
+            # until `pirun rm`. Not started: nothing may be left.
+            layer.release() if started else layer.remove()

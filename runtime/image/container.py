@@ -25,6 +25,12 @@ class WritableLayer:
         self.path = f"{store.containers}/{cid}"
         self.lock_fd = lock_fd          # the flock; keep it open as long as the container lives
         self.dir_fd = dir_fd            # ROOT/containers, passed to process I for the removal
+        self.stop_signal = None         # the image's StopSignal, as written there ("SIGQUIT", "3")
+
+    def hand_over(self):
+        """The lock fd, now the caller's to keep open while the container lives and to close."""
+        fd, self.lock_fd = self.lock_fd, None
+        return fd
 
     def release(self):
         for name in ("lock_fd", "dir_fd"):
@@ -114,6 +120,7 @@ def prepare(ctx, spec, opts, container_id, remove_on_exit=True, warn=None):
     finally:
         os.close(lock)
     layer = WritableLayer(store, container_id, lock_fd, dir_fd)
+    layer.stop_signal = stop_signal
     mkdirs = ()
     if upper is not None:
         mkdirs = tuple((v.target, os.path.isdir(v.host)) for v in spec.volumes)
@@ -133,8 +140,9 @@ def _empty(store):
     return path
 
 
-def remove_layer(ctx, container_id):
-    """Remove a container's writable layer by ID (for `pirun rm`); refused while its lock is held."""
+def remove_layer(ctx, container_id, wait=0.0):
+    """Remove a container's writable layer by ID (for `pirun rm`); refused while its lock is held (after up to
+    `wait` seconds: a stopped container's last processes may still be on their way out)."""
     store = Store(ctx.root, ctx.runroot)
     path = f"{store.containers}/{container_id}"
     if not os.path.lexists(path):
@@ -144,9 +152,16 @@ def remove_layer(ctx, container_id):
     except FileNotFoundError:
         fd = None
     if fd is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        import time
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
             os.close(fd)
             raise StoreError(f"container {container_id[:12]} is running: its writable layer stays",
                              fix="stop it first (pirun stop)") from None

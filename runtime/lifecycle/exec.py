@@ -140,14 +140,17 @@ def _enter(chan, parent, pidfd, flags, x, cfg, null):
         # Y must not speak on the channel before X has announced it (CHILD before SETUP): it waits for one
         # byte on this pipe, which X writes after sending CHILD.
         hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
+        life_r, life_w = os.pipe2(os.O_CLOEXEC)     # EOF for Y once X is gone (see init's parent_fd)
         pid = os.fork()
         if pid == 0:
             os.close(hold_w)
+            os.close(life_w)
             if os.read(hold_r, 1) != b"G":
                 os._exit(125)
             os.close(hold_r)
-            _command(chan, x, cfg, null)
+            _command(chan, x, cfg, null, life_r)
         os.close(hold_r)
+        os.close(life_r)
         chan.send(sync.CHILD, pid)
         os.write(hold_w, b"G")
         os.close(hold_w)
@@ -178,7 +181,7 @@ def _preload(seccomp, tty):
         from runtime import seccomp  # noqa: F401,F811  (fails closed: no filter module, no exec)
 
 
-def _command(chan, x, cfg, null):
+def _command(chan, x, cfg, null, parent_fd):
     """Process Y, inside every namespace of the container; never returns."""
     import sys
     init = sys.modules["runtime.init"]
@@ -203,11 +206,9 @@ def _command(chan, x, cfg, null):
             os.chdir(x.workdir)
         except OSError as e:
             raise SetupError(f"exec: workdir {x.workdir}: {e.strerror}", fix="choose another -w") from None
-        ids = _user(x.user) if x.user else None
-        sc.close_fds(chan.fileno())
-        init.drop_privileges(sc, cfg.get("caps", ()))
-        if ids is not None:
-            _become(*ids)
+        ids = _user(x.user) if x.user else (tuple(cfg["user"]) if cfg.get("user") else None)
+        sc.close_fds(chan.fileno(), parent_fd)
+        init.drop_privileges(sc, cfg.get("caps", ()), ids, parent_fd)
         if cfg.get("seccomp", True):
             sc.install_seccomp()
         init.exec_command(sc, x.argv, x.env)
@@ -248,19 +249,6 @@ def _table(path):
             return [ln.split(":") for ln in f.read().splitlines() if ln.count(":") >= 3 and not ln.startswith("#")]
     except OSError:
         return []
-
-
-def _become(uid, gid):
-    try:
-        try:
-            os.setgroups([gid])
-        except PermissionError:
-            pass                                     # setgroups denied (single ID mapping)
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as e:
-        raise SetupError(f"exec: switch to uid {uid} gid {gid}: {e.strerror}",
-                         fix="the ID must be mapped in the container's user namespace") from None
 
 
 def run(c, argv, opts):

@@ -216,10 +216,10 @@ class _LogTerminal:
 
 
 # --- starting a recorded container --------------------------------------------------------------------------------
-def run_container(ctx, spec, hostcfg, opts, cid, hold=()):
+def run_container(ctx, spec, hostcfg, opts, cid, hold=(), stop_signal=None):
     """`pirun run -d` / `pirun run --name`: record the container, then run its monitor (forked and detached
     with -d, in this process without). `hold`: fds that must stay open while the container lives (the image's
-    writable-layer lock): the monitor has them (a fork inherits them) until it exits; the container's
+    writable-layer lock), run_container's to close from here on: the monitor has them (a fork inherits them) until it exits; the container's
     intermediate process too, so they are closed exactly when nothing of the container is left."""
     driver, max_size = logs.parse_options(opts.log_driver, opts.log_opts)
     if opts.detach and driver == "journald":
@@ -228,6 +228,9 @@ def run_container(ctx, spec, hostcfg, opts, cid, hold=()):
     log_dir = f"{ctx.root}/logs/{cid}" if opts.detach and driver == "k8s-file" else None
     log_path = f"{log_dir}/ctr.log" if log_dir else None
     config = _config(spec, opts, driver if opts.detach else "passthrough", max_size, log_path)
+    if stop_signal:
+        from runtime.cmd.containers import parse_signal
+        config["stop_signal"] = parse_signal(str(stop_signal))
     c, lock = state.create(ctx, cid, name, config)
     if log_dir:
         try:
@@ -261,7 +264,7 @@ def _detach(ctx, spec, hostcfg, c, lock, hold):
     os.close(w)
     os.close(lock)                       # the monitor holds it now, and `hold`
     for fd in hold:
-        os.close(fd)
+        os.close(fd)                     # `hold` is the monitor's (run_container's contract)
     message = b""
     while not message.endswith(b"\n"):
         try:
@@ -344,6 +347,7 @@ def _config(spec, opts, driver, max_size, log_path):
         "log_tag": logs.log_tag(opts.log_opts),
         "remove": opts.remove,
         "detached": opts.detach,
-        "stop_signal": None,                 # an image's StopSignal goes here (runtime.image)
+        "stop_signal": None,                 # an image's StopSignal (run_container)
+        "user": list(spec.user) if spec.user else None,     # uid, gid: what exec runs as without -u
         "argv0": sys.argv[0] if sys.argv else "pirun",
     }

@@ -100,8 +100,11 @@ class RecordingSyscalls:
         self._record(("switch_user", uid, gid), f"switch to user {uid}:{gid}", None)
         return uid != 0
 
-    def close_fds(self, keep):
-        self.calls.append(("close_fds", keep))
+    def rearm_parent_death(self, parent_fd):
+        self._record(("rearm_parent_death",), "set the parent-death signal again", None)
+
+    def close_fds(self, *keep):
+        self.calls.append(("close_fds",) + keep)
 
     def install_seccomp(self):
         self._record(("install_seccomp",), "install the seccomp filter", None)

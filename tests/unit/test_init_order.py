@@ -288,8 +288,9 @@ def test_everything_imported_after_pivot_root_is_preloaded():
                     elif isinstance(node, ast.ImportFrom):
                         late.update(f"{node.module}.{a.name}" for a in node.names)
     assert {"termios", "runtime.caps", "_socket"} <= late        # the walk finds them
-    code = ("import sys\nfrom runtime import init\nfrom runtime.spec import Spec\n"
-            "init._preload(Spec(argv=('x',), rootfs='/', caps=(), tty=True, seccomp=True))\n"
+    code = ("import sys\nfrom runtime import init\nfrom runtime.spec import Overlay, Spec\n"
+            "init._preload(Spec(argv=('x',), rootfs='/', caps=(), tty=True, seccomp=True,\n"
+            "                   overlay=Overlay(lowers=('/l',))))\n"
             f"print(sorted(m for m in {sorted(late)!r} if m not in sys.modules))\n")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + code],
                          capture_output=True, text=True, check=True).stdout
