@@ -9,8 +9,8 @@ libraries) or from a pinned Alpine tarball.
 Busybox recipe: `apt-get download busybox-static:ARCH` into a cache directory (or --deb), `dpkg-deb -x`, keep
 /bin/busybox, one relative symlink per applet (`busybox --list-full`, run natively, through binfmt_misc, through
 qemu-ARCH-static, or taken from the host's busybox of the same version), /etc/passwd, /etc/group,
-/etc/os-release, /etc/nsswitch.conf, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf (run.py bind-mounts
-generated files on them and never edits the rootfs) and the directories a runtime needs. DEST/.pirun-rootfs
+/etc/os-release, /etc/nsswitch.conf, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf
+(run.py bind-mounts generated files on them and never edits the rootfs) and the directories a runtime needs. DEST/.pirun-rootfs
 records what was built (`arch=aarch64` ...).
 
 Tools recipe (skipped with --busybox-only): `apt-get download` the packages of TOOLS and LIBRARY_PACKAGES
@@ -504,7 +504,7 @@ def elf_dynamic(path):
     return interp, [data[strtab + n:data.index(b"\0", strtab + n)].decode() for n in needed]
 
 
-def _find_library(unpack, soname):
+def find_library(unpack, soname):
     """Path inside `unpack` (relative) of the library file named `soname`, in lib/, usr/lib/ or a multiarch
     subdirectory of them; None when no package provides it."""
     for top in LIBRARY_DIRS:
@@ -565,7 +565,7 @@ def install_tools(root, arch, debs):
     while todo:
         rel = todo.pop()
         interp, needed = elf_dynamic(os.path.join(root, rel))
-        wants = [(soname, _find_library(unpack, soname)) for soname in needed]
+        wants = [(soname, find_library(unpack, soname)) for soname in needed]
         if interp:
             target = resolve_in_root(unpack, interp)
             if target is None:

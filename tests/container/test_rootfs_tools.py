@@ -95,6 +95,6 @@ def test_every_program_finds_its_libraries_inside_the_tree(tree):
             rel = os.path.relpath(path, tree)
             assert interp is None or rf.resolve_in_root(str(tree), interp), f"{rel}: no {interp}"
             for soname in needed:
-                assert rf._find_library(str(tree), soname), f"{rel} needs {soname}, absent from the rootfs"
+                assert rf.find_library(str(tree), soname), f"{rel} needs {soname}, absent from the rootfs"
             checked += 1
     assert checked >= 3, "ping, wget and libc should all be dynamically linked ELF files"
