@@ -450,7 +450,7 @@ TOOLS = (
 )
 LIBRARY_PACKAGES = ("libc6", "libcap2", "libidn2-0", "libunistring2", "libgnutls30", "libnettle8", "libhogweed6",
                     "libgmp10", "libp11-kit0", "libtasn1-6", "libffi8", "libpsl5", "libpcre2-8-0", "libuuid1",
-                    "zlib1g")
+                    "zlib1g", "libgcc-s1")      # libgcc-s1: armhf's libffi needs libgcc_s
 LIBRARY_DIRS = ("lib", "usr/lib")       # searched, with their multiarch subdirectories, inside the packages
 
 
