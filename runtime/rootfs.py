@@ -10,8 +10,8 @@ Busybox recipe: `apt-get download busybox-static:ARCH` into a cache directory (o
 /bin/busybox, one relative symlink per applet (`busybox --list-full`, run natively, through binfmt_misc, through
 qemu-ARCH-static, or taken from the host's busybox of the same version), /etc/passwd, /etc/group,
 /etc/os-release, /etc/nsswitch.conf, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf
-(run.py bind-mounts generated files on them and never edits the rootfs) and the directories a runtime needs. DEST/.pirun-rootfs
-records what was built (`arch=aarch64` ...).
+(run.py bind-mounts generated files on them and never edits the rootfs) and the directories a runtime needs.
+DEST/.pirun-rootfs records what was built (`arch=aarch64` ...).
 
 Tools recipe (skipped with --busybox-only): `apt-get download` the packages of TOOLS and LIBRARY_PACKAGES
 for ARCH into the same cache, `dpkg-deb -x` them, install TOOLS' programs over busybox's applets of the same
@@ -296,7 +296,7 @@ def fetch_debs(arch, cache, packages):
             if fallback is None:
                 raise RootfsError(f"apt-get download {pkg}:{debarch}: {_last_line(uris.stderr)}",
                                   fix=f"apt-get update (as root; dpkg --add-architecture {debarch} first if "
-                                      f"needed), or pass --deb PATH")
+                                      f"needed); without apt: --deb PATH (busybox-static) and --busybox-only")
             print(f"rootfs: warning: apt has no candidate for {pkg}:{debarch} ({_last_line(uris.stderr)}); "
                   f"using the cached {fallback}", file=sys.stderr)
             result[pkg] = fallback
@@ -323,7 +323,8 @@ def fetch_debs(arch, cache, packages):
             fallback = cached(pkg)
             if fallback is None:
                 raise RootfsError(f"apt-get download {pkg}:{debarch}: {_last_line(got.stderr)}",
-                                  fix="check the apt sources (apt-get update), or pass --deb PATH")
+                                  fix="check the apt sources (apt-get update); without apt: --deb PATH "
+                                      "(busybox-static) and --busybox-only")
             print(f"rootfs: warning: apt-get download {pkg}:{debarch} failed ({_last_line(got.stderr)}); "
                   f"using the cached {fallback}", file=sys.stderr)
             result[pkg] = fallback
