@@ -94,6 +94,21 @@ def measure(argv, kwargs, label, settle=0.5):
         proc.wait()
 
 
+def container_argv(net, rootfs):
+    return [RUN, "--net", net, "--rootfs", rootfs, "/bin/sleep", "60"]
+
+
+def baseline_argv():
+    """A bare python3 waiting for a sleeping child: the floor a Python supervisor cannot go below."""
+    return [sys.executable if os.getuid() else "/usr/bin/python3", "-I", "-c",
+            "import os; pid = os.fork()\nif pid == 0: os.execv('/bin/sleep', ['sleep', '60'])\n"
+            "os.waitpid(pid, 0)"]
+
+
+def total(rows, key="pss"):
+    return sum(m[key] for _pid, _name, m in rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--net", default="none")
@@ -102,11 +117,8 @@ def main():
     args = ap.parse_args()
     kw = user_kwargs(args.user)
     env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
-    rows = measure([RUN, "--net", args.net, "--rootfs", args.rootfs, "/bin/sleep", "60"],
-                   dict(kw, env=env), f"run.py --net {args.net}")
-    idle = measure([sys.executable if os.getuid() else "/usr/bin/python3", "-I", "-c",
-                    "import os; pid = os.fork()\nif pid == 0: os.execv('/bin/sleep', ['sleep', '60'])\n"
-                    "os.waitpid(pid, 0)"], dict(kw, env=env), "idle python3")
+    rows = measure(container_argv(args.net, args.rootfs), dict(kw, env=env), f"run.py --net {args.net}")
+    idle = measure(baseline_argv(), dict(kw, env=env), "idle python3")
     print(f"pirun memory while the command sleeps (--net {args.net}), kB")
     print(f"{'process':<22}{'pid':>8}{'RSS':>9}{'PSS':>9}{'USS':>9}")
     tot = {"rss": 0, "pss": 0, "uss": 0}

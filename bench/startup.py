@@ -44,6 +44,16 @@ def measure(commands, rounds):
     return times
 
 
+def commands(rootfs, python="/usr/bin/python3"):
+    """The measured commands by name: the interpreter floor, the same namespaces without Python, run.py."""
+    return {
+        "python3 -I -c pass": [python, "-I", "-c", "pass"],
+        "unshare -Urmpif --mount-proc --root": ["/usr/bin/unshare", "-Urmpif", "--mount-proc", f"--root={rootfs}",
+                                                "/bin/true"],
+        "run.py --net none /bin/true": [RUN, "--net", "none", "--rootfs", rootfs, "/bin/true"],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=40)
@@ -56,14 +66,7 @@ def main():
         os.execv("/usr/sbin/runuser", ["runuser", "-u", args.user, "--", sys.executable, os.path.abspath(__file__),
                                         "--rounds", str(args.rounds), "--rootfs", args.rootfs]
                  + (["--check"] if args.check else []))
-    python = "/usr/bin/python3"
-    commands = {
-        "python3 -I -c pass": [python, "-I", "-c", "pass"],
-        "unshare -Urmpif --mount-proc --root": ["/usr/bin/unshare", "-Urmpif", "--mount-proc", f"--root={args.rootfs}",
-                                                "/bin/true"],
-        "run.py --net none /bin/true": [RUN, "--net", "none", "--rootfs", args.rootfs, "/bin/true"],
-    }
-    times = measure(commands, args.rounds)
+    times = measure(commands(args.rootfs), args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"start-up latency, {args.rounds} interleaved rounds, {os.uname().machine}, "
           f"{time.strftime('%Y-%m-%d')}, user {pwd.getpwuid(os.getuid()).pw_name}")

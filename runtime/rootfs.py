@@ -1,4 +1,5 @@
-"""Build a root filesystem for pirun, offline, from Debian's busybox-static package (or a pinned Alpine tarball).
+"""Build a root filesystem for pirun from Debian's packages (busybox-static, iputils-ping, wget and their shared
+libraries) or from a pinned Alpine tarball.
 
     python3 -m runtime.rootfs --arch aarch64 --dest rootfs_arm      # the Pi's architecture
     python3 -m runtime.rootfs --arch host --dest rootfs_host        # the host's architecture
@@ -8,9 +9,14 @@
 Busybox recipe: `apt-get download busybox-static:ARCH` into a cache directory (or --deb), `dpkg-deb -x`, keep
 /bin/busybox, one relative symlink per applet (`busybox --list-full`, run natively, through binfmt_misc, through
 qemu-ARCH-static, or taken from the host's busybox of the same version), /etc/passwd, /etc/group,
-/etc/os-release, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf (run.py bind-mounts
-generated files on them and never edits the rootfs) and the directories a runtime needs. DEST/.pirun-rootfs
-records what was built (`arch=aarch64` ...).
+/etc/os-release, /etc/nsswitch.conf, the empty mount targets /etc/hosts, /etc/hostname, /etc/resolv.conf
+(run.py bind-mounts generated files on them and never edits the rootfs) and the directories a runtime needs.
+DEST/.pirun-rootfs records what was built (`arch=aarch64` ...).
+
+Tools recipe (skipped with --busybox-only): `apt-get download` the packages of TOOLS and LIBRARY_PACKAGES
+for ARCH into the same cache, `dpkg-deb -x` them, install TOOLS' programs over busybox's applets of the same
+name (ping, wget), then every shared library they need, found by reading DT_NEEDED and PT_INTERP from the ELF
+files (any architecture, nothing is executed), at the path its package gives it.
 
 The tree is built in a hidden temporary directory next to DEST and renamed into place, so a failure, Ctrl-C or
 SIGTERM leaves no half-built rootfs. An existing pirun rootfs is only replaced with --force; a DEST that holds
@@ -154,56 +160,87 @@ def _dpkg_arches():
     return {native.stdout.strip()} | set(foreign.stdout.split())
 
 
-def fetch_deb(arch, cache):
-    """Path of busybox-static_*_DEBARCH.deb: from the cache when its SHA256 matches apt's lists, else downloaded
-    with `apt-get download`. When apt cannot answer (no lists, no network) a cached .deb is used."""
+def fetch_debs(arch, cache, packages):
+    """{package: path of PACKAGE_*_DEBARCH.deb} for `packages` of `arch`: from the cache when a file's SHA256
+    matches apt's lists, else downloaded with one `apt-get download`. When apt cannot answer for a package (no
+    lists, no network) its newest cached .deb is used."""
     debarch = ARCHES[arch][0]
-    pkg = f"busybox-static:{debarch}"
+    specs = [f"{p}:{debarch}" for p in packages]
     if debarch not in _dpkg_arches():
-        raise RootfsError(f"apt-get download {pkg}: {debarch} is not a dpkg architecture of this host",
+        raise RootfsError(f"apt-get download {specs[0]}: {debarch} is not a dpkg architecture of this host",
                           fix=f"dpkg --add-architecture {debarch} && apt-get update (as root; "
                               f"or pass --deb PATH to a downloaded busybox-static_*_{debarch}.deb)")
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError as e:
         raise RootfsError(f"cache directory {cache}: {e.strerror}", fix="pass --cache DIR (a writable directory)")
-    cached = sorted((f for f in os.listdir(cache)
-                     if f.startswith("busybox-static_") and f.endswith(f"_{debarch}.deb")),
-                    key=lambda f: os.stat(os.path.join(cache, f)).st_mtime)
-    uris = _run(["apt-get", "download", "--print-uris", pkg], f"apt-get download {pkg}",
-                fix="this builder needs Debian's apt; elsewhere pass --deb PATH")
-    name = sha = None
-    if uris.returncode == 0:
-        for line in uris.stdout.splitlines():
-            fields = line.split()
-            if len(fields) >= 4 and fields[1].endswith(".deb") and fields[3].startswith("SHA256:"):
-                name, sha = fields[1], fields[3][7:].lower()
-    if name is None:
-        if cached:
-            path = os.path.join(cache, cached[-1])
-            print(f"rootfs: warning: apt has no candidate for {pkg} ({_last_line(uris.stderr)}); "
-                  f"using the cached {path}", file=sys.stderr)
-            return path
-        raise RootfsError(f"apt-get download {pkg}: {_last_line(uris.stderr)}",
-                          fix=f"apt-get update (as root; dpkg --add-architecture {debarch} first if needed), "
-                              f"or pass --deb PATH")
-    path = os.path.join(cache, name)
-    if os.path.isfile(path) and _sha256(path) == sha:
-        return path
-    got = _run(["apt-get", "download", pkg], f"apt-get download {pkg}", cwd=cache)
-    if got.returncode != 0 or not os.path.isfile(path):
-        if cached:
-            fallback = os.path.join(cache, cached[-1])
-            print(f"rootfs: warning: apt-get download {pkg} failed ({_last_line(got.stderr)}); "
+
+    def cached(pkg):
+        names = sorted((f for f in os.listdir(cache) if f.startswith(f"{pkg}_") and f.endswith(f"_{debarch}.deb")),
+                       key=lambda f: os.stat(os.path.join(cache, f)).st_mtime)
+        return os.path.join(cache, names[-1]) if names else None
+
+    wanted = {}                 # package -> (file name, sha256) from apt's lists
+    uris = _run(["apt-get", "download", "--print-uris", *specs], f"apt-get download {' '.join(specs)}",
+                fix="this builder needs Debian's apt; elsewhere pass --deb PATH and --busybox-only")
+    if uris.returncode != 0 and len(specs) > 1:     # one unknown name fails the whole call: ask one by one
+        lines = []
+        for spec in specs:
+            one = _run(["apt-get", "download", "--print-uris", spec], f"apt-get download {spec}")
+            lines += one.stdout.splitlines() if one.returncode == 0 else []
+    else:
+        lines = uris.stdout.splitlines() if uris.returncode == 0 else []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1].endswith(".deb") and fields[3].startswith("SHA256:"):
+            pkg = fields[1].split("_", 1)[0]
+            if pkg in packages:
+                wanted[pkg] = (fields[1], fields[3][7:].lower())
+    result, download = {}, []
+    for pkg in packages:
+        if pkg not in wanted:
+            fallback = cached(pkg)
+            if fallback is None:
+                raise RootfsError(f"apt-get download {pkg}:{debarch}: {_last_line(uris.stderr)}",
+                                  fix=f"apt-get update (as root; dpkg --add-architecture {debarch} first if "
+                                      f"needed); without apt: --deb PATH (busybox-static) and --busybox-only")
+            print(f"rootfs: warning: apt has no candidate for {pkg}:{debarch} ({_last_line(uris.stderr)}); "
                   f"using the cached {fallback}", file=sys.stderr)
-            return fallback
-        raise RootfsError(f"apt-get download {pkg}: {_last_line(got.stderr)}",
-                          fix="check the apt sources (apt-get update), or pass --deb PATH")
-    if _sha256(path) != sha:
-        os.unlink(path)
-        raise RootfsError(f"apt-get download {pkg}: {name} does not match the SHA256 in apt's lists",
-                          fix="apt-get update and retry")
-    return path
+            result[pkg] = fallback
+            continue
+        name, sha = wanted[pkg]
+        path = os.path.join(cache, name)
+        if os.path.isfile(path) and _sha256(path) == sha:
+            result[pkg] = path
+        else:
+            download.append(pkg)
+    if download:
+        got = _run(["apt-get", "download", *(f"{p}:{debarch}" for p in download)],
+                   f"apt-get download {' '.join(download)}", cwd=cache)
+        for pkg in download:
+            name, sha = wanted[pkg]
+            path = os.path.join(cache, name)
+            if os.path.isfile(path) and _sha256(path) == sha:
+                result[pkg] = path
+                continue
+            if os.path.isfile(path):
+                os.unlink(path)
+                raise RootfsError(f"apt-get download {pkg}:{debarch}: {name} does not match the SHA256 in "
+                                  f"apt's lists", fix="apt-get update and retry")
+            fallback = cached(pkg)
+            if fallback is None:
+                raise RootfsError(f"apt-get download {pkg}:{debarch}: {_last_line(got.stderr)}",
+                                  fix="check the apt sources (apt-get update); without apt: --deb PATH "
+                                      "(busybox-static) and --busybox-only")
+            print(f"rootfs: warning: apt-get download {pkg}:{debarch} failed ({_last_line(got.stderr)}); "
+                  f"using the cached {fallback}", file=sys.stderr)
+            result[pkg] = fallback
+    return result
+
+
+def fetch_deb(arch, cache, package="busybox-static"):
+    """Path of one package's .deb for `arch` (see fetch_debs)."""
+    return fetch_debs(arch, cache, (package,))[package]
 
 
 def check_deb(deb, arch):
@@ -308,7 +345,163 @@ def _mount_targets(root):
         _write(root, rel, "")
 
 
-def build_busybox(tmp, arch, deb):
+# ---------------------------------------------------------------- tools that replace busybox applets
+
+# Debian packages whose programs replace busybox's applets of the same name (package -> paths taken from it).
+# Busybox 1.35's ping opens only raw sockets (NET_RAW, which pirun's default capability set leaves out, as
+# podman's does); iputils' ping opens an ICMP datagram socket first, which the container's ping_group_range
+# ("0 0") allows. Busybox 1.35's wget segfaults whenever -T is given. Both are dynamically linked: the shared
+# libraries they need (DT_NEEDED, followed transitively) are taken from LIBRARY_PACKAGES, Debian 12's names.
+TOOLS = (
+    ("iputils-ping", ("bin/ping", "bin/ping4", "bin/ping6")),
+    ("wget", ("usr/bin/wget",)),
+)
+LIBRARY_PACKAGES = ("libc6", "libcap2", "libidn2-0", "libunistring2", "libgnutls30", "libnettle8", "libhogweed6",
+                    "libgmp10", "libp11-kit0", "libtasn1-6", "libffi8", "libpsl5", "libpcre2-8-0", "libuuid1",
+                    "zlib1g", "libgcc-s1")      # libgcc-s1: armhf's libffi needs libgcc_s
+LIBRARY_DIRS = ("lib", "usr/lib")       # searched, with their multiarch subdirectories, inside the packages
+
+
+def tool_packages():
+    return tuple(pkg for pkg, _paths in TOOLS) + LIBRARY_PACKAGES
+
+
+def elf_dynamic(path):
+    """(interpreter, [DT_NEEDED sonames]) of an ELF file; (None, []) for a static or non-ELF file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2):
+        return None, []
+    wide = data[4] == 2
+    order = "little" if data[5] == 1 else "big"
+
+    def num(off, size):
+        return int.from_bytes(data[off:off + size], order)
+
+    word = 8 if wide else 4
+    phoff = num(0x20, 8) if wide else num(0x1c, 4)
+    phentsize, phnum = (num(0x36, 2), num(0x38, 2)) if wide else (num(0x2a, 2), num(0x2c, 2))
+    interp, dynamic, loads = None, None, []
+    for i in range(phnum):
+        ph = phoff + i * phentsize
+        ptype = num(ph, 4)
+        if wide:
+            offset, vaddr, filesz = num(ph + 8, 8), num(ph + 16, 8), num(ph + 32, 8)
+        else:
+            offset, vaddr, filesz = num(ph + 4, 4), num(ph + 8, 4), num(ph + 16, 4)
+        if ptype == 1:                                          # PT_LOAD
+            loads.append((vaddr, offset, filesz))
+        elif ptype == 2:                                        # PT_DYNAMIC
+            dynamic = (offset, filesz)
+        elif ptype == 3:                                        # PT_INTERP
+            interp = data[offset:offset + filesz].split(b"\0", 1)[0].decode()
+    if dynamic is None:
+        return interp, []
+    needed, strtab = [], None
+    for off in range(dynamic[0], dynamic[0] + dynamic[1], 2 * word):
+        tag, value = num(off, word), num(off + word, word)
+        if tag == 0:                                            # DT_NULL
+            break
+        if tag == 1:                                            # DT_NEEDED
+            needed.append(value)
+        elif tag == 5:                                          # DT_STRTAB (a virtual address)
+            strtab = next((value - vaddr + offset for vaddr, offset, size in loads
+                           if vaddr <= value < vaddr + size), None)
+    if strtab is None:
+        return interp, []
+    return interp, [data[strtab + n:data.index(b"\0", strtab + n)].decode() for n in needed]
+
+
+def find_library(unpack, soname):
+    """Path inside `unpack` (relative) of the library file named `soname`, in lib/, usr/lib/ or a multiarch
+    subdirectory of them; None when no package provides it."""
+    for top in LIBRARY_DIRS:
+        base = os.path.join(unpack, top)
+        if not os.path.isdir(base):
+            continue
+        subdirs = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))
+                         and not os.path.islink(os.path.join(base, d)) and "-linux-" in d)
+        for sub in (*(os.path.join(top, d) for d in subdirs), top):
+            if os.path.lexists(os.path.join(unpack, sub, soname)):
+                return os.path.join(sub, soname)
+    return None
+
+
+def _copy_resolved(unpack, rel, root, dest_rel):
+    """Copy the file `rel` of the unpacked packages (its symlinks resolved inside them) to ROOT/dest_rel."""
+    src = resolve_in_root(unpack, "/" + rel)
+    if src is None or not os.path.isfile(src):
+        raise RootfsError(f"{rel}: dangling link in the unpacked packages", fix="apt-get update and rebuild")
+    dest = os.path.join(root, dest_rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if os.path.lexists(dest):
+        os.unlink(dest)
+    shutil.copyfile(src, dest)
+    os.chmod(dest, os.stat(src).st_mode & 0o755)      # no setuid bits; libraries stay 0644
+
+
+def install_tools(root, arch, debs):
+    """Unpack the tool and library packages, install TOOLS over busybox's applets and every shared library they
+    need (transitively, by DT_NEEDED) with their interpreter. Returns (tools, libraries) counts."""
+    unpack = os.path.join(root, ".unpack-tools")
+    for pkg, deb in debs.items():
+        got = _run(["dpkg-deb", "-x", deb, unpack], f"dpkg-deb -x {deb}", fix="apt-get install dpkg")
+        if got.returncode != 0:
+            raise RootfsError(f"dpkg-deb -x {deb}: {_last_line(got.stderr)}",
+                              fix=f"remove {deb} and rebuild (it is downloaded again)")
+    todo, tools = [], 0
+    for pkg, paths in TOOLS:
+        for rel in paths:
+            src = os.path.join(unpack, rel)
+            dest = os.path.join(root, rel)
+            if os.path.islink(src):
+                if os.path.lexists(dest):
+                    os.unlink(dest)
+                target = os.readlink(src)
+                if target.startswith("/") or resolve_in_root(unpack, "/" + rel) is None:
+                    raise RootfsError(f"{pkg}: {rel} -> {target} is not a relative link to one of its files",
+                                      fix="apt-get update and rebuild")
+                os.symlink(target, dest)
+                continue
+            if not os.path.isfile(src) or elf_arch(src) != arch:
+                raise RootfsError(f"{pkg} ({debs[pkg]}): {rel} is missing or not an {arch} executable",
+                                  fix=f"apt-get download {pkg}:{ARCHES[arch][0]} (apt-get update first)")
+            _copy_resolved(unpack, rel, root, rel)
+            todo.append(rel)
+            tools += 1
+    done, libraries = set(todo), 0
+    while todo:
+        rel = todo.pop()
+        interp, needed = elf_dynamic(os.path.join(root, rel))
+        wants = [(soname, find_library(unpack, soname)) for soname in needed]
+        if interp:
+            target = resolve_in_root(unpack, interp)
+            if target is None:
+                raise RootfsError(f"{rel}: interpreter {interp} is in none of the packages "
+                                  f"({' '.join(LIBRARY_PACKAGES)})", fix="add its package to LIBRARY_PACKAGES")
+            real = os.path.relpath(target, unpack)
+            if interp.lstrip("/") != real:          # e.g. /lib64/ld-linux-x86-64.so.2 -> the multiarch file
+                link = os.path.join(root, interp.lstrip("/"))
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                if not os.path.lexists(link):
+                    os.symlink(os.path.relpath(os.path.join(root, real), os.path.dirname(link)), link)
+            wants.append((interp, real))
+        for soname, lib in wants:
+            if lib is None:
+                raise RootfsError(f"{rel} needs {soname}, which none of the packages provides "
+                                  f"({' '.join(LIBRARY_PACKAGES)})",
+                                  fix="add the package that ships it to LIBRARY_PACKAGES in runtime/rootfs.py")
+            if lib in done:
+                continue
+            _copy_resolved(unpack, lib, root, lib)
+            done.add(lib)
+            todo.append(lib)
+            libraries += 1
+    shutil.rmtree(unpack)
+    return tools, libraries
+
+
+def build_busybox(tmp, arch, deb, tool_debs=None):
     version = check_deb(deb, arch)
     unpack = os.path.join(tmp, ".unpack")
     got = _run(["dpkg-deb", "-x", deb, unpack], f"dpkg-deb -x {deb}", fix="apt-get install dpkg")
@@ -338,6 +531,10 @@ def build_busybox(tmp, arch, deb):
         count += 1
     if not os.path.islink(os.path.join(tmp, "bin", "sh")):
         raise RootfsError(f"busybox --list-full ({how}) has no bin/sh", fix="use Debian's busybox-static")
+    tools = libraries = 0
+    if tool_debs:
+        tools, libraries = install_tools(tmp, arch, tool_debs)
+        _write(tmp, "etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
 
     banner = busybox_banner(busybox) or f"BusyBox {version}"
     bb_version = banner.split()[1].lstrip("v") if len(banner.split()) > 1 else version
@@ -355,8 +552,12 @@ def build_busybox(tmp, arch, deb):
     _mount_targets(tmp)
     _write(tmp, MARKER, f"arch={arch}\nkind=busybox\nbusybox={bb_version}\n"
                         f"source=busybox-static {version} {ARCHES[arch][0]}\nsha256={_sha256(deb)}\n"
-                        f"applets={count}\napplet_list={how}\n")
-    return f"BusyBox {bb_version}, {count} applets (list: {how})"
+                        f"applets={count}\napplet_list={how}\n"
+                        + "".join(f"tool={p} {os.path.basename(d)}\n" for p, d in sorted((tool_debs or {}).items())))
+    what = f"BusyBox {bb_version}, {count} applets (list: {how})"
+    if tool_debs:
+        what += f", {tools} programs from {' '.join(p for p, _ in TOOLS)} with {libraries} shared libraries"
+    return what
 
 
 # ---------------------------------------------------------------- the Alpine minirootfs option
@@ -501,24 +702,26 @@ def place(tmp, dest):
 
 USAGE = """\
 usage: python3 -m runtime.rootfs --arch aarch64|x86_64|host --dest DIR [--deb PATH] [--cache DIR] [--force]
+                                 [--busybox-only]
        python3 -m runtime.rootfs --dest DIR --alpine TARBALL --sha256 HEX [--arch ARCH] [--force]
-Builds a busybox rootfs from Debian's busybox-static (offline: apt's archive or --deb) or unpacks a pinned
-Alpine minirootfs. DIR/.pirun-rootfs records the architecture."""
+Builds a busybox rootfs from Debian's busybox-static (--deb, or apt-get download into --cache) with Debian's
+iputils ping and GNU wget and their shared libraries (not with --busybox-only), or unpacks a pinned Alpine
+minirootfs. DIR/.pirun-rootfs records the architecture and the packages."""
 
 
 def parse(argv):
     opts = {"arch": None, "dest": None, "deb": None, "alpine": None, "sha256": None, "cache": None,
-            "force": False}
+            "force": False, "busybox_only": False}
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
             return None
-        if arg == "--force":
-            opts["force"] = True
+        if arg in ("--force", "--busybox-only"):
+            opts[arg[2:].replace("-", "_")] = True
             continue
         key, eq, value = arg.partition("=")
-        if not key.startswith("--") or key[2:] not in opts or key == "--force":
+        if not key.startswith("--") or key[2:] not in opts or key in ("--force", "--busybox_only"):
             raise RootfsError(f"unknown option {arg!r}", fix="see python3 -m runtime.rootfs --help")
         if not eq:
             if not args:
@@ -550,7 +753,11 @@ def build(opts):
     if not os.path.isdir(parent):
         raise RootfsError(f"--dest {dest}: parent directory {parent} does not exist", fix=f"mkdir -p {parent}")
     if not opts["alpine"]:          # fetch before creating anything next to DEST
-        deb = opts["deb"] or fetch_deb(opts["arch"], opts["cache"] or default_cache())
+        cache = opts["cache"] or default_cache()
+        wanted = (() if opts["deb"] else ("busybox-static",)) + (() if opts["busybox_only"] else tool_packages())
+        debs = fetch_debs(opts["arch"], cache, wanted) if wanted else {}
+        deb = opts["deb"] or debs.pop("busybox-static")
+        tool_debs = debs
     tmp = None
     try:
         try:
@@ -561,7 +768,7 @@ def build(opts):
         if opts["alpine"]:
             what = build_alpine(tmp, opts["alpine"], opts["sha256"], opts["arch"])
         else:
-            what = build_busybox(tmp, opts["arch"], deb)
+            what = build_busybox(tmp, opts["arch"], deb, tool_debs)
         arch = read_marker(tmp)["arch"]
         place(tmp, dest)
     finally:

@@ -27,8 +27,11 @@ cache=${PIRUN_VM_CACHE:-$HOME/.cache/pirun/vm}
 
 # Baked into the image: what the roles install, so that the VM needs no network. Keep in sync with
 # roles/pirun_prereqs/defaults/main.yml (pirun_prereqs_packages) and pirun_runtime (busybox-static download).
+# The rootfs builder's own package list (iputils-ping, wget, their libraries) comes from runtime/rootfs.py.
+rootfs_packages=$(cd "$(dirname "$0")/../.." && python3 -c 'from runtime.rootfs import tool_packages
+print(" ".join(tool_packages()))')
 localrepo_packages="slirp4netns passt uidmap python3-pyroute2 busybox-static libcap2-bin acl dbus-user-session
-libpam-systemd"
+libpam-systemd $rootfs_packages"
 base_packages="systemd-sysv,udev,dbus,dbus-user-session,libpam-systemd,openssh-server,python3,python3-apt,sudo,\
 ca-certificates,iproute2,procps,kmod"
 
@@ -44,7 +47,7 @@ need() {
 need debootstrap mkfs.ext4 qemu-img apt-ftparchive ssh-keygen flock sha256sum
 [ "$(id -u)" = 0 ] || { echo "build-image: error: run as root (debootstrap, chroot)" >&2; exit 1; }
 
-key=$( { cat "$0"; echo "$arch $mirror $security_mirror"; } | sha256sum | cut -c1-16)
+key=$( { cat "$0"; echo "$arch $mirror $security_mirror $rootfs_packages"; } | sha256sum | cut -c1-16)
 dest=$cache/debian12-$arch-$key
 if [ -f "$dest/complete" ]; then
     say "cached image $dest"

@@ -129,12 +129,39 @@ def _run_driver_against_pid1(mode):
     return out
 
 
+HTTP_GET = r"""
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        print(r.status, r.reason, r.read().decode(), end="")
+except OSError as e:
+    sys.exit(f"GET {sys.argv[1]}: {getattr(e, 'reason', e)}")
+"""
+
+
+def _http_get(s, addr, port):
+    """GET http://addr:port/ inside the namespace: "200 OK <body>" and 0, or the error and 1."""
+    return s.ns([str(VENV_PY), "-I", "-c", HTTP_GET, f"http://{addr}:{port}/"])
+
+
+def _gateway(s):
+    return next(r[2] for r in netlink_state(s)["routes"] if r[1] == 0 and r[2])
+
+
 def test_pasta_does_not_forward_host_loopback_ports_into_the_container(standalone):
-    """-T none: pasta's default would make the host's 127.0.0.1 ports appear on the container's loopback."""
+    """-T none: pasta's default would make the host's 127.0.0.1 ports appear on the container's loopback.
+    Control: with allow_host_loopback the same server answers through the gateway address, in the same
+    namespace, with the same client."""
     with HostHTTP() as srv:
-        s = standalone(mode="pasta")
-        r = s.ns(["busybox", "nc", "-w", "2", "127.0.0.1", str(srv.port)], input="GET / HTTP/1.0\r\n\r\n")
-        assert "200 OK" not in r.stdout
+        s = standalone(mode="pasta", allow_host_loopback=True)
+        assert "error" not in s.info, s.info
+        gw = _gateway(s)
+        control = _http_get(s, gw, srv.port)
+        assert control.returncode == 0, (control.returncode, control.stderr)
+        assert control.stdout == "200 OK hello from the host\n", control.stdout
+        own = _http_get(s, "127.0.0.1", srv.port)
+        assert own.returncode == 1 and own.stdout == "", (own.returncode, own.stdout, own.stderr)
+        assert "Connection refused" in own.stderr, own.stderr
 
 
 def test_slirp4netns_exit_fd_ends_helper_when_driver_is_killed(standalone):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, RUN, ROOTFS, container_user, missing, run, start, user_env, user_kwargs
+from net_helpers import require_net_prereqs
 from stress_helpers import Snapshot, comm, subreaper, wait_no_descendants
 
 KILLS = 100
@@ -50,15 +51,15 @@ def _stage(pids):
     return "launcher only"
 
 
-def _slirp_works():
-    return shutil.which("slirp4netns") is not None and os.stat("/dev/net/tun").st_mode & 0o006 == 0o006
+def need_slirp4netns():
+    """Fail naming slirp4netns or /dev/net/tun (and the fix) when the test user cannot use them."""
+    require_net_prereqs(user_kwargs(), user_env(), tools=("slirp4netns",))
 
 
-NETS = [("none", KILLS)] + ([("slirp4netns", 40)] if _slirp_works() else [])
-
-
-@pytest.mark.parametrize("net,kills", NETS)
+@pytest.mark.parametrize("net,kills", [("none", KILLS), ("slirp4netns", 40)])
 def test_kill_9_at_random_points_leaves_nothing(rootfs, net, kills):
+    if net == "slirp4netns":
+        need_slirp4netns()
     seed = int(os.environ.get("PIRUN_FAULT_SEED", time.time()))
     rng = random.Random(seed)
     stages = Counter()
@@ -226,9 +227,7 @@ def test_full_temp_and_home_dirs_do_not_matter(rootfs):
 
 def test_network_helper_killed_while_the_container_runs(rootfs):
     """The user is told once on stderr; run.py still returns the command's status; nothing is left."""
-    if not _slirp_works():
-        missing("slirp4netns with a /dev/net/tun the user can open", "apt-get install slirp4netns; chmod 0666 "
-                "/dev/net/tun (the pirun_prereqs role)")
+    need_slirp4netns()
     with subreaper():
         snap = Snapshot()
         p = start(["/bin/sh", "-c", "echo started; sleep 1; echo end; exit 5"], net="slirp4netns",

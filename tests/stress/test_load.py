@@ -6,31 +6,28 @@ import time
 
 import pytest
 
-from conftest import start, run, wait_for
+from conftest import start, run, user_env, user_kwargs, wait_for
+from net_helpers import require_net_prereqs
 from stress_helpers import Snapshot, living_descendants, subreaper
 
 N_PARALLEL = 50
 N_SEQUENCE = 200
 
 
-def _slirp_works():
-    try:
-        fd = os.open("/dev/net/tun", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return os.path.exists("/usr/bin/slirp4netns") and os.stat("/dev/net/tun").st_mode & 0o006 == 0o006
+NETS = ["none", "slirp4netns"]         # slirp4netns: the default network
 
 
-NETS = ["none"]
-if _slirp_works():                      # the default network, once /dev/net/tun is usable by the user
-    NETS.append("slirp4netns")
+def need(net):
+    """Fail naming slirp4netns or /dev/net/tun (and the fix) when the test user cannot use them."""
+    if net == "slirp4netns":
+        require_net_prereqs(user_kwargs(), user_env(), tools=("slirp4netns",))
 
 
 @pytest.mark.parametrize("net", NETS)
 def test_fifty_at_once_each_with_its_own_status(rootfs, net, shared_tmp):
     """Each container says it started (a file in a shared volume), then waits for the go file: all fifty are
     running at the same moment; then each exits with its own status."""
+    need(net)
     with subreaper():
         snap = Snapshot()
         procs = []

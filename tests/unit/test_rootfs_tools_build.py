@@ -1,0 +1,64 @@
+"""The rootfs builder's tools recipe (iputils ping, GNU wget and their shared libraries): what a build
+installs, --busybox-only, and a library package missing from the list is a one-line error naming the soname,
+with nothing left behind. No containers are started (tests/container/test_rootfs_tools.py runs the tools)."""
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+from runtime import rootfs as rf
+
+DROP_ONE = """
+import sys
+from runtime import rootfs as rf
+rf.LIBRARY_PACKAGES = tuple(p for p in rf.LIBRARY_PACKAGES if p != sys.argv[1])
+sys.exit(rf.main(sys.argv[2:]))
+"""
+
+
+def build(*args, code=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-c", code, *map(str, args)] if code else [sys.executable, "-m", "runtime.rootfs",
+                                                                         *map(str, args)]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_tools_replace_the_busybox_applets(tmp_path):
+    dest = tmp_path / "r"
+    r = build("--arch", "host", "--dest", dest)
+    assert r.returncode == 0, r.stderr
+    assert "2 programs from iputils-ping wget with 16 shared libraries" in r.stdout, r.stdout
+    arch = os.uname().machine
+    for rel in ("bin/ping", "usr/bin/wget"):
+        path = dest / rel
+        assert path.is_file() and not path.is_symlink(), rel
+        assert rf.elf_arch(path) == arch
+        assert os.stat(path).st_mode & 0o7777 == 0o755, rel          # no setuid bit, no file capability needed
+    assert os.readlink(dest / "bin" / "ping6") == "ping"
+    interp, needed = rf.elf_dynamic(dest / "usr" / "bin" / "wget")
+    assert interp and "libgnutls.so.30" in needed and "libc.so.6" in needed
+    assert (dest / "etc" / "nsswitch.conf").read_text().splitlines()[-1] == "hosts: files dns"
+    marker = rf.read_marker(str(dest))
+    assert marker["tool"]                                              # the last tool= line (one per package)
+    assert not list(tmp_path.glob(".r.*")) and not (dest / ".unpack-tools").exists()
+
+
+def test_busybox_only_keeps_busybox_applets(tmp_path):
+    dest = tmp_path / "r"
+    r = build("--arch", "host", "--dest", dest, "--busybox-only")
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(dest / "bin" / "ping") == "busybox"
+    assert os.readlink(dest / "usr" / "bin" / "wget") == "../../bin/busybox"
+    assert not (dest / "lib64").exists() and not (dest / "etc" / "nsswitch.conf").exists()
+    assert "tool" not in rf.read_marker(str(dest))
+
+
+def test_a_library_package_missing_from_the_list_names_the_soname(tmp_path):
+    """The DT_NEEDED walk is what guarantees the tools start: drop libunistring2 and the build fails."""
+    dest = tmp_path / "r"
+    r = build("libunistring2", "--arch", "host", "--dest", dest, code=DROP_ONE)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith("rootfs: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "needs libunistring.so.2, which none of the packages provides" in r.stderr, r.stderr
+    assert "LIBRARY_PACKAGES" in r.stderr
+    assert os.listdir(tmp_path) == []
