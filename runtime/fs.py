@@ -55,6 +55,23 @@ def open_in_root(root_fd, path, step):
             os.close(fd)
 
 
+def resolve_in_root(root, path):
+    """Host path of `path` (as seen inside the tree `root`) with its symlinks resolved inside `root`, by
+    `open_in_root`'s rules; None for a missing or dangling path or a loop. For building trees, not for mounts
+    (a mount must go through the O_PATH fd itself)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_in_root(root_fd, path, "resolve")
+    except SetupError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        return os.readlink(fd_path(fd))
+    finally:
+        os.close(fd)
+
+
 def write_file(path, text):
     """One write to an existing file (uid_map, a sysctl): no create, no truncate. Raises OSError."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

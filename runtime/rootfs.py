@@ -36,6 +36,7 @@ import tempfile
 
 from runtime.arch import ARCHES, binfmt_entry, elf_arch, elf_arch_in_root, normalize_arch
 from runtime.errors import PirunError
+from runtime.fs import resolve_in_root
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".pirun-rootfs"

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOTFS, ROOTFS_ARM, check_rootfs, run, user_env, user_kwargs
 from net_helpers import HostHTTP, require_net_prereqs
 from runtime import rootfs as rf
+from runtime.fs import resolve_in_root
 
 BODY = b"hello from the host\n"
 
@@ -93,7 +94,7 @@ def test_every_program_finds_its_libraries_inside_the_tree(tree):
             if interp is None and not needed:
                 continue
             rel = os.path.relpath(path, tree)
-            assert interp is None or rf.resolve_in_root(str(tree), interp), f"{rel}: no {interp}"
+            assert interp is None or resolve_in_root(str(tree), interp), f"{rel}: no {interp}"
             for soname in needed:
                 assert rf.find_library(str(tree), soname), f"{rel} needs {soname}, absent from the rootfs"
             checked += 1

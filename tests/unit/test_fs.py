@@ -62,3 +62,19 @@ def test_file_as_directory(root):
     _r, fd = root
     with pytest.raises(SetupError, match="not a directory"):
         open_in_root(fd, "/etc/hosts/x", "test")
+
+
+def test_resolve_in_root_keeps_links_inside(tmp_path):
+    from runtime.fs import resolve_in_root
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "real.so").write_text("x")
+    (tmp_path / "lib" / "abs.so").symlink_to("/lib/real.so")           # absolute: restarts at the tree
+    (tmp_path / "lib" / "up.so").symlink_to("../../../../lib/real.so")  # .. stops at the tree
+    (tmp_path / "lib" / "out").symlink_to("/etc/passwd")                # the host's file is not reached
+    (tmp_path / "lib" / "loop").symlink_to("loop")
+    real = str(tmp_path / "lib" / "real.so")
+    assert resolve_in_root(str(tmp_path), "/lib/abs.so") == real
+    assert resolve_in_root(str(tmp_path), "/lib/up.so") == real
+    assert resolve_in_root(str(tmp_path), "/lib/out") is None
+    assert resolve_in_root(str(tmp_path), "/lib/loop") is None
+    assert resolve_in_root(str(tmp_path), "/nope") is None
