@@ -12,7 +12,7 @@ FIX = "apt-get install fuse-overlayfs and let users open /dev/fuse (mode 0666, a
 
 
 def usable():
-    from runtime.idmap import find_tool
+    from runtime.tools import find as find_tool
     if find_tool("fuse-overlayfs") is None:
         raise SetupError("fuse-overlayfs not found", fix=FIX)
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -20,7 +20,7 @@ def usable():
 
 
 def mount(lowers, upper, work, target, volatile=False):
-    from runtime.idmap import find_tool
+    from runtime.tools import find as find_tool
     from runtime.image.overlay import options
     tool = find_tool("fuse-overlayfs")
     if tool is None:

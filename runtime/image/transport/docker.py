@@ -22,7 +22,7 @@ class PullOptions:
 
 
 def skopeo_path():
-    from runtime.idmap import find_tool
+    from runtime.tools import find as find_tool
     path = find_tool("skopeo")
     if path is None:
         raise TransportError("pull: skopeo not found", fix=FIX_INSTALL)
