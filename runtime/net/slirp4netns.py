@@ -4,13 +4,13 @@
                 --ready-fd=R --exit-fd=E [--api-socket PATH] PID tap0
 
 * Each optional flag is used only if `slirp4netns --help` lists it; the help text is cached per user, keyed by
-  the binary's path, mtime, size and inode (runtime.net._helper.probe_help), so a start spawns slirp4netns once.
+  the binary's path, mtime, size and inode (runtime.net.helpcache), so a start spawns slirp4netns once.
 * start() returns when slirp4netns writes to the ready fd: tap0 is 10.0.2.100/24, default route via 10.0.2.2,
   MTU 65520, lo up (all done by --configure). One blocking poll(2) on the fd, no polling loop, no sleeps.
 * Lifetime: P keeps the write end of the exit-fd pipe (close-on-exec, created after I was forked, so neither I
   nor the container holds a copy). When P exits or is SIGKILLed the kernel closes it, slirp4netns sees POLLHUP
   and exits. stop() closes it and SIGKILLs slirp4netns without waiting for the kernel to finish its exit
-  (the tap teardown takes ~20 ms in exit_group: see _helper.end).
+  (the tap teardown takes ~20 ms in exit_group: see runtime.net.wait.end).
 * Published ports: the host side is checked in prepare() (free, local, allowed); after ready each spec is one
   add_hostfwd request on the API socket (json imported only then). The socket and its private directory are
   removed as soon as the ports are set up: nothing is left on disk even if P is SIGKILLed later.
@@ -20,8 +20,13 @@
 import os
 
 from runtime.errors import NetworkError
-from runtime.net import NetBackend, host_search_domains
-from runtime.net import _helper
+from runtime.net import host_search_domains, ports
+from runtime.net.helpcache import probe_help
+from runtime.net.helper import HelperBackend, check_tun
+from runtime.net.lookup import find_binary
+from runtime.net.rundir import private_run_dir, remove_tree
+from runtime.net.spawn import log_fd, spawn
+from runtime.net.wait import READY_TIMEOUT
 
 TOOL = "slirp4netns"
 MTU = 65520
@@ -41,7 +46,7 @@ def _sandbox_ok():
     return real.startswith(("/etc/", "/run/", "/var/run/"))
 
 
-class Slirp4netnsBackend(_helper.HelperBackend):
+class Slirp4netnsBackend(HelperBackend):
     TOOL = TOOL
 
     def __init__(self, spec):
@@ -52,11 +57,11 @@ class Slirp4netnsBackend(_helper.HelperBackend):
 
     # -- before fork -------------------------------------------------------------------------------------
     def prepare(self):
-        path = _helper.find_binary(TOOL)
+        path = find_binary(TOOL)
         if path is None:
             raise NetworkError(f"{TOOL}: not found on PATH", fix="apt-get install slirp4netns, or use --net none")
-        _helper.check_tun()
-        help_text = _helper.probe_help(path, TOOL)
+        check_tun()
+        help_text = probe_help(path, TOOL)
         if "--ready-fd" not in help_text or "--exit-fd" not in help_text:
             raise NetworkError(f"{TOOL} at {path} has no --ready-fd/--exit-fd (too old)",
                                fix="install slirp4netns >= 0.4, or use --net pasta")
@@ -69,7 +74,7 @@ class Slirp4netnsBackend(_helper.HelperBackend):
         if self.spec.publish:
             if "--api-socket" not in self._flags:
                 raise NetworkError(f"-p needs {TOOL} with --api-socket (>= 0.3)", fix="use --net pasta")
-            _helper.check_ports(self.spec.publish, TOOL, ipv4_only=True)
+            ports.check_ports(self.spec.publish, TOOL, ipv4_only=True)
 
     def argv(self, pid, ready_fd, exit_fd, api_socket=None):
         mtu = os.environ.get("PIRUN_SLIRP4NETNS_MTU") or str(MTU)
@@ -106,31 +111,24 @@ class Slirp4netnsBackend(_helper.HelperBackend):
             self.prepare()
         api = None
         if self.spec.publish:
-            self._dir = _helper.private_run_dir("slirp")
+            self._dir = private_run_dir("slirp")
             api = self._dir + "/api.sock"
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe()
-        self._log = _helper.log_fd()
         try:
             try:
-                self._pid = _helper.spawn(self.argv(pid, ready_w, exit_r, api), pass_fds=(ready_w, exit_r),
-                                          stderr=self._log)
+                self._log = log_fd()
+                self._started(spawn(self.argv(pid, ready_w, exit_r, api), pass_fds=(ready_w, exit_r),
+                                    stderr=self._log))
             finally:
                 os.close(ready_w)
                 os.close(exit_r)
-            got = _helper.wait_ready(ready_r)
+            self._wait_ready(ready_r, pid, expect=b"1")
         except BaseException:
-            os.close(ready_r)
             self._stop(wait=True)
             raise
-        os.close(ready_r)
-        if got != b"1":
-            why = self._failure()
-            self._stop(wait=True)
-            if got is None:
-                raise NetworkError(f"{TOOL}: network not ready after {_helper.READY_TIMEOUT:g} s",
-                                   fix="check the host's load; see `run.py --check`")
-            raise NetworkError(f"{TOOL} for PID {pid}: {why}")
+        finally:
+            os.close(ready_r)
         if self.spec.publish:
             try:
                 for p in self.spec.publish:
@@ -138,14 +136,8 @@ class Slirp4netnsBackend(_helper.HelperBackend):
             except BaseException:
                 self._stop(wait=True)
                 raise
-            _helper.remove_tree(self._dir)   # the API is not needed any more: leave nothing on disk
+            remove_tree(self._dir)   # the API is not needed any more: leave nothing on disk
             self._dir = None
-
-    def _failure(self):
-        status = _helper.reap(self._pid, 0.5)
-        self._pid = None
-        log = _helper.read_log(self._log)
-        return f"{_helper.describe_status(status)}" + (f": {log}" if log else "")
 
     def _add_hostfwd(self, api, p):
         import json
@@ -155,7 +147,7 @@ class Slirp4netnsBackend(_helper.HelperBackend):
                                         "host_port": p.host_port, "guest_port": p.container_port}})
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            s.settimeout(_helper.READY_TIMEOUT)
+            s.settimeout(READY_TIMEOUT)
             s.connect(api)
             s.sendall(req.encode())      # slirp4netns reads a request with one read(2): send it whole
             s.shutdown(_socket.SHUT_WR)
@@ -166,7 +158,7 @@ class Slirp4netnsBackend(_helper.HelperBackend):
                     break
                 chunks.append(b)
         except OSError as e:
-            raise NetworkError(f"-p {_helper.port_label(p)}: {TOOL} API {api}: {e.strerror or e}") from None
+            raise NetworkError(f"-p {ports.port_label(p)}: {TOOL} API {api}: {e.strerror or e}") from None
         finally:
             s.close()
         try:
@@ -176,7 +168,7 @@ class Slirp4netnsBackend(_helper.HelperBackend):
         if "return" not in reply:
             desc = (reply.get("error") or {}).get("desc") or "no reply"
             desc = desc.replace("bad request: add_hostfwd: ", "")
-            raise NetworkError(f"-p {_helper.port_label(p)}: {TOOL} cannot listen on {p.host_ip or '0.0.0.0'}:"
+            raise NetworkError(f"-p {ports.port_label(p)}: {TOOL} cannot listen on {p.host_ip or '0.0.0.0'}:"
                                f"{p.host_port} ({desc})",
                                fix="the host port was probably taken meanwhile; choose another one")
 
@@ -187,5 +179,5 @@ class Slirp4netnsBackend(_helper.HelperBackend):
             self._exit_w = None
         super()._stop(wait)
         if self._dir is not None:
-            _helper.remove_tree(self._dir)
+            remove_tree(self._dir)
             self._dir = None
