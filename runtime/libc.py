@@ -157,3 +157,11 @@ _FLAG_NAMES = ((CLONE_NEWUSER, "user"), (CLONE_NEWNS, "mount"), (CLONE_NEWPID, "
 
 def _flag_names(flags):
     return "+".join(name for bit, name in _FLAG_NAMES if flags & bit) + " namespaces"
+
+
+def setns(fd, nstype, obj=None):
+    """setns(2): join the namespace open at `fd` (used by the port forwarder, runtime.net.forward)."""
+    lib = _load()
+    lib.setns.argtypes = [_ct.c_int, _ct.c_int]
+    lib.setns.restype = _ct.c_int
+    return check(lib.setns(fd, nstype), "setns", obj or _flag_names(nstype))

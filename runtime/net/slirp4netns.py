@@ -11,22 +11,26 @@
   nor the container holds a copy). When P exits or is SIGKILLed the kernel closes it, slirp4netns sees POLLHUP
   and exits. stop() closes it and SIGKILLs slirp4netns without waiting for the kernel to finish its exit
   (the tap teardown takes ~20 ms in exit_group: see runtime.net.wait.end).
-* Published ports: the host side is checked in prepare() (free, local, allowed); after ready each spec is one
-  add_hostfwd request on the API socket (json imported only then). The socket and its private directory are
-  removed as soon as the ports are set up: nothing is left on disk even if P is SIGKILLed later.
+* Published ports: the host side is checked in prepare() (free, local, allowed). TCP ports go through pirun's
+  port forwarder (runtime.net.forward: splice(2) between a host socket and one on the container's loopback,
+  as podman's default rootlesskit port handler), several times faster than slirp4netns' own forwarding,
+  which runs every byte through libslirp's TCP stack. UDP ports (and TCP with PIRUN_PORT_HANDLER=slirp4netns,
+  for the benchmark) are one add_hostfwd request each on the API socket (json imported only then), which
+  keeps the client's source address. The socket and its private directory are removed as soon as the ports
+  are set up: nothing is left on disk even if P is SIGKILLed later.
 * MTU: 65520 (8x the throughput of 1500, rootlesskit's figures). PIRUN_SLIRP4NETNS_MTU overrides it (for the
   benchmark's MTU-1500 row).
 """
 import os
 
 from runtime.errors import NetworkError
-from runtime.net import host_search_domains, ports
+from runtime.net import forward, host_search_domains, ports
 from runtime.net.helpcache import probe_help
 from runtime.net.helper import HelperBackend, check_tun
 from runtime.net.lookup import find_binary
 from runtime.net.rundir import private_run_dir, remove_tree
 from runtime.net.spawn import log_fd, spawn
-from runtime.net.wait import READY_TIMEOUT
+from runtime.net.wait import READY_TIMEOUT, describe_status, end, exited, pidfd_of, reap, wait_for
 
 TOOL = "slirp4netns"
 MTU = 65520
@@ -54,6 +58,9 @@ class Slirp4netnsBackend(HelperBackend):
         self._flags = ()
         self._exit_w = None
         self._dir = None
+        self._fwd = None            # the port forwarder's PID, pidfd and exit-pipe write end
+        self._fwd_pidfd = None
+        self._fwd_exit = None
 
     # -- before fork -------------------------------------------------------------------------------------
     def prepare(self):
@@ -106,11 +113,19 @@ class Slirp4netnsBackend(HelperBackend):
         return text
 
     # -- after I has its namespaces ------------------------------------------------------------------------
+    def _split_ports(self):
+        """(TCP specs for the forwarder, specs for slirp4netns' add_hostfwd)."""
+        if os.environ.get("PIRUN_PORT_HANDLER") == "slirp4netns":
+            return (), self.spec.publish
+        return (tuple(p for p in self.spec.publish if p.proto == "tcp"),
+                tuple(p for p in self.spec.publish if p.proto != "tcp"))
+
     def start(self, pid):
         if self._path is None:
             self.prepare()
+        fwd, api_ports = self._split_ports()
         api = None
-        if self.spec.publish:
+        if api_ports:
             self._dir = private_run_dir("slirp")
             api = self._dir + "/api.sock"
         ready_r, ready_w = os.pipe()
@@ -129,15 +144,37 @@ class Slirp4netnsBackend(HelperBackend):
             raise
         finally:
             os.close(ready_r)
-        if self.spec.publish:
-            try:
-                for p in self.spec.publish:
-                    self._add_hostfwd(api, p)
-            except BaseException:
-                self._stop(wait=True)
-                raise
+        try:
+            if fwd:
+                self._start_forwarder(pid, fwd)
+            for p in api_ports:
+                self._add_hostfwd(api, p)
+        except BaseException:
+            self._stop(wait=True)
+            raise
+        if self._dir is not None:
             remove_tree(self._dir)   # the API is not needed any more: leave nothing on disk
             self._dir = None
+
+    def _start_forwarder(self, pid, specs):
+        ready_r, ready_w = os.pipe()
+        exit_r, self._fwd_exit = os.pipe()
+        try:
+            try:
+                self._fwd = forward.start(pid, specs, exit_r, ready_w)
+            finally:
+                os.close(ready_w)
+                os.close(exit_r)
+            self._fwd_pidfd = pidfd_of(self._fwd)
+            got = wait_for(self._fwd_pidfd, ready_r, READY_TIMEOUT)
+        finally:
+            os.close(ready_r)
+        if got == b"1":
+            return
+        if got is None:
+            raise NetworkError(f"port forwarder: not ready after {READY_TIMEOUT:g} s",
+                               fix="check the host's load; see `run.py --check`")
+        raise forward.failure(got)
 
     def _add_hostfwd(self, api, p):
         import json
@@ -173,7 +210,36 @@ class Slirp4netnsBackend(HelperBackend):
                                fix="the host port was probably taken meanwhile; choose another one")
 
     # -- while running, and at the end ---------------------------------------------------------------------
+    def watch_fds(self):
+        fds = super().watch_fds()
+        if self._fwd is not None and self._fwd_pidfd is not None:
+            fds += (self._fwd_pidfd,)
+        return fds
+
+    def poll(self):
+        notice = super().poll()
+        if notice or self._fwd is None:
+            return notice
+        status = exited(self._fwd)
+        if status is None:
+            return None
+        self._fwd = None
+        return (f"port forwarder {describe_status(status if status != -1 else None)}: published TCP ports "
+                "do not answer any more")
+
     def _stop(self, wait):
+        if self._fwd_exit is not None:
+            os.close(self._fwd_exit)        # F exits on POLLHUP, as it does when P dies
+            self._fwd_exit = None
+        if self._fwd is not None:
+            if wait:
+                reap(self._fwd, 0, self._fwd_pidfd)
+            else:
+                end(self._fwd)
+            self._fwd = None
+        if self._fwd_pidfd is not None:
+            os.close(self._fwd_pidfd)
+            self._fwd_pidfd = None
         if self._exit_w is not None:
             os.close(self._exit_w)          # what P's death does too: slirp4netns sees POLLHUP and exits
             self._exit_w = None

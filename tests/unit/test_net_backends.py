@@ -324,3 +324,19 @@ def test_private_run_dir_sweeps_dirs_of_dead_launchers(tmp_path, monkeypatch):
     assert oct(os.stat(d).st_mode & 0o777) == "0o700"
     rundir.remove_tree(d)
     assert not os.path.exists(d)
+
+
+def test_forwarder_failure_report_becomes_one_error_line():
+    from runtime.net import forward
+    e = forward.failure(forward._report(NetworkError("-p 127.0.0.1:1:2/tcp: cannot listen", fix="choose another")).encode())
+    assert e.line() == "-p 127.0.0.1:1:2/tcp: cannot listen; fix: choose another" and e.exit_code == 125
+    assert forward.failure(forward._report(ValueError("odd")).encode()).line() == "port forwarder: ValueError: odd"
+
+
+def test_slirp_sends_tcp_ports_to_the_forwarder_and_udp_to_its_api(monkeypatch):
+    tcp = PortSpec(host_ip="127.0.0.1", host_port=8080, container_port=80)
+    udp = PortSpec(host_ip="127.0.0.1", host_port=5353, container_port=53, proto="udp")
+    monkeypatch.delenv("PIRUN_PORT_HANDLER", raising=False)
+    assert slirp(publish=(tcp, udp))._split_ports() == ((tcp,), (udp,))
+    monkeypatch.setenv("PIRUN_PORT_HANDLER", "slirp4netns")
+    assert slirp(publish=(tcp, udp))._split_ports() == ((), (tcp, udp))
