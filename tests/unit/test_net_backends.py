@@ -340,3 +340,18 @@ def test_slirp_sends_tcp_ports_to_the_forwarder_and_udp_to_its_api(monkeypatch):
     assert slirp(publish=(tcp, udp))._split_ports() == ((tcp,), (udp,))
     monkeypatch.setenv("PIRUN_PORT_HANDLER", "slirp4netns")
     assert slirp(publish=(tcp, udp))._split_ports() == ((), (tcp, udp))
+
+
+def test_default_network_per_use_lives_in_runtime_net(monkeypatch):
+    from runtime import cli, hostconfig
+    from runtime.net import DEFAULTS, default_mode
+    assert default_mode() == DEFAULTS["foreground"]
+    assert default_mode(detach=True) == DEFAULTS["detached"]
+    assert default_mode(environ={"INVOCATION_ID": "0123"}) == DEFAULTS["service"]
+    monkeypatch.setitem(DEFAULTS, "foreground", "pasta")            # the one place: cli follows it
+    monkeypatch.setattr(hostconfig, "load", lambda: hostconfig.HostConfig())   # no host config: defaults
+    rootfs = str(REPO / "rootfs_host")
+    _, (spec, _) = cli.parse(["--allow-root", "--rootfs", rootfs, "/bin/true"], environ={})
+    assert spec.net.mode == "pasta"
+    _, (spec, _) = cli.parse(["--allow-root", "--rootfs", rootfs, "--net", "none", "/bin/true"], environ={})
+    assert spec.net.mode == "none"
