@@ -15,6 +15,9 @@ Network inside: pasta copies the host's address, prefix and default gateway onto
   host's (e.g. eth0), MTU 65520; lo is up.
 Host loopback: --no-map-gw unless --allow-host-loopback (then the gateway address reaches the host's 127.0.0.1).
   -T none -U none always: no automatic forwarding of the host's bound ports into the container's loopback.
+IPv6: -4 when the host has no IPv6 default route (and no -p names an IPv6 address): pasta zero-fills its
+  static IPv4 and IPv6 frame buffers at start whether or not it will use them; -4 skips the IPv6 ones
+  (PSS 29 -> 20 MB, start CPU 23 -> 17 ms, measured here).
 Ports: -t/-u [HOST_IP/]HOST_PORT:CONTAINER_PORT per spec; -t none/-u none otherwise (pasta's default `auto`
   would publish every port the container listens on).
 DNS: resolv.conf lists the host's own nameservers (from /etc/resolv.conf) and search domains. pasta's namespace
@@ -67,6 +70,20 @@ def host_gateway4(path="/proc/net/route"):
     return None
 
 
+def host_has_ipv6_route(path="/proc/net/ipv6_route"):
+    """Whether the host has an IPv6 default route (up, not the kernel's unreachable one on lo)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if (len(fields) == 10 and fields[1] == "00" and int(fields[0], 16) == 0 and fields[9] != "lo"
+                        and int(fields[8], 16) & 1):
+                    return True
+    except (OSError, ValueError):
+        return True                                     # unknown: leave IPv6 to pasta
+    return False
+
+
 class PastaBackend(HelperBackend):
     TOOL = TOOL
 
@@ -90,6 +107,8 @@ class PastaBackend(HelperBackend):
                 addr = f"{p.host_ip}/" if p.host_ip and p.host_ip not in ("0.0.0.0", "::") else ""
                 args += [opt, f"{addr}{p.host_port}:{p.container_port}"]
         args += ["-T", "none", "-U", "none"]
+        if not host_has_ipv6_route() and not any(":" in (p.host_ip or "") for p in self.spec.publish):
+            args.append("-4")       # no IPv6 to give: pasta then skips its IPv6 buffers (~10 MB, ~6 ms)
         if not self.spec.allow_host_loopback:
             args.append("--no-map-gw")
         args.append(str(pid))

@@ -84,7 +84,8 @@ def test_slirp_hosts_names_the_container():
 
 
 # --- pasta argv and DNS -------------------------------------------------------------------------------------------
-def test_pasta_argv_default_forwards_nothing_and_blocks_host_loopback():
+def test_pasta_argv_default_forwards_nothing_and_blocks_host_loopback(monkeypatch):
+    monkeypatch.setattr(pasta_mod, "host_has_ipv6_route", lambda: True)
     assert pasta().argv(77, "/proc/self/fd/9") == [
         "/usr/bin/pasta", "--config-net", "-f", "-q", "-P", "/proc/self/fd/9", "-t", "none", "-u", "none",
         "-T", "none", "-U", "none", "--no-map-gw", "77"]
@@ -355,3 +356,20 @@ def test_default_network_per_use_lives_in_runtime_net(monkeypatch):
     assert spec.net.mode == "pasta"
     _, (spec, _) = cli.parse(["--allow-root", "--rootfs", rootfs, "--net", "none", "/bin/true"], environ={})
     assert spec.net.mode == "none"
+
+
+def test_pasta_ipv4_only_when_the_host_has_no_ipv6_route(monkeypatch, tmp_path):
+    route = tmp_path / "ipv6_route"
+    unreachable = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+                   "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n")
+    gateway = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+               "fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0\n")
+    route.write_text(unreachable)
+    assert not pasta_mod.host_has_ipv6_route(str(route))
+    route.write_text(unreachable + gateway)
+    assert pasta_mod.host_has_ipv6_route(str(route))
+    monkeypatch.setattr(pasta_mod, "host_has_ipv6_route", lambda: False)
+    assert "-4" in pasta().argv(1, "/p")
+    assert "-4" not in pasta(publish=(PortSpec(host_ip="::1", host_port=8443, container_port=443),)).argv(1, "/p")
+    monkeypatch.setattr(pasta_mod, "host_has_ipv6_route", lambda: True)
+    assert "-4" not in pasta().argv(1, "/p")
