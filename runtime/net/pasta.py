@@ -30,7 +30,7 @@ DNS: resolv.conf lists the host's own nameservers (from /etc/resolv.conf) and se
 import os
 
 from runtime.errors import NetworkError
-from runtime.net import host_search_domains, ports
+from runtime.net import host_search_domains
 from runtime.net.helper import HelperBackend, check_tun
 from runtime.net.lookup import find_binary
 from runtime.net.spawn import log_fd, spawn_tied
@@ -93,6 +93,7 @@ class PastaBackend(HelperBackend):
             raise NetworkError(f"{TOOL}: not found on PATH", fix="apt-get install passt, or use --net slirp4netns")
         check_tun()
         if self.spec.publish:
+            from runtime.net import ports                   # -p only: not on the default path
             ports.check_ports(self.spec.publish, TOOL)
         self._path = path
 

@@ -24,11 +24,10 @@
 import os
 
 from runtime.errors import NetworkError
-from runtime.net import forward, host_search_domains, ports
+from runtime.net import host_search_domains
 from runtime.net.helpcache import probe_help
 from runtime.net.helper import HelperBackend, check_tun
 from runtime.net.lookup import find_binary
-from runtime.net.rundir import private_run_dir, remove_tree
 from runtime.net.spawn import log_fd, spawn
 from runtime.net.wait import READY_TIMEOUT, describe_status, end, exited, pidfd_of, reap, wait_for
 
@@ -81,6 +80,7 @@ class Slirp4netnsBackend(HelperBackend):
         if self.spec.publish:
             if "--api-socket" not in self._flags:
                 raise NetworkError(f"-p needs {TOOL} with --api-socket (>= 0.3)", fix="use --net pasta")
+            from runtime.net import ports                   # -p only: not on the default path
             ports.check_ports(self.spec.publish, TOOL, ipv4_only=True)
 
     def argv(self, pid, ready_fd, exit_fd, api_socket=None):
@@ -126,6 +126,7 @@ class Slirp4netnsBackend(HelperBackend):
         fwd, api_ports = self._split_ports()
         api = None
         if api_ports:
+            from runtime.net.rundir import private_run_dir
             self._dir = private_run_dir("slirp")
             api = self._dir + "/api.sock"
         ready_r, ready_w = os.pipe()
@@ -153,10 +154,10 @@ class Slirp4netnsBackend(HelperBackend):
             self._stop(wait=True)
             raise
         if self._dir is not None:
-            remove_tree(self._dir)   # the API is not needed any more: leave nothing on disk
-            self._dir = None
+            self._remove_dir()       # the API is not needed any more: leave nothing on disk
 
     def _start_forwarder(self, pid, specs):
+        from runtime.net import forward
         ready_r, ready_w = os.pipe()
         exit_r, self._fwd_exit = os.pipe()
         try:
@@ -178,6 +179,7 @@ class Slirp4netnsBackend(HelperBackend):
 
     def _add_hostfwd(self, api, p):
         import json
+        from runtime.net import ports
         import _socket
         req = json.dumps({"execute": "add_hostfwd",
                           "arguments": {"proto": p.proto, "host_addr": p.host_ip or "0.0.0.0",
@@ -245,5 +247,9 @@ class Slirp4netnsBackend(HelperBackend):
             self._exit_w = None
         super()._stop(wait)
         if self._dir is not None:
-            remove_tree(self._dir)
-            self._dir = None
+            self._remove_dir()
+
+    def _remove_dir(self):
+        from runtime.net.rundir import remove_tree
+        remove_tree(self._dir)
+        self._dir = None
