@@ -283,7 +283,8 @@ def test_none_and_host_reject_what_they_cannot_do():
 
 # --- the hot-path rule ------------------------------------------------------------------------------------------
 FORBIDDEN = ("json", "subprocess", "socket", "ctypes", "pyroute2", "re", "dataclasses", "typing", "enum",
-             "signal", "argparse", "tomllib", "asyncio", "shutil", "tempfile")
+             "signal", "argparse", "tomllib", "asyncio", "shutil", "tempfile", "threading",
+             "runtime.net.forward", "runtime.net.ports")           # the last two: -p only
 
 
 @pytest.mark.parametrize("mode", ["slirp4netns", "pasta"])
