@@ -4,10 +4,11 @@ default slirp4netns setup), instead of through slirp4netns' user-mode TCP stack.
 A forwarder process F, forked from P after I has its namespaces:
   * binds and listens on each published host address and port, in the host's network namespace;
   * joins the container's user and network namespaces (setns, as the user who owns them);
-  * per accepted connection, connects to the container port on the container's own loopback (127.0.0.1, as
-    rootlesskit and pasta's splice path do: a service must listen on 0.0.0.0 or 127.0.0.1; it sees the
-    connection coming from 127.0.0.1), then moves the bytes with splice(2) through a pipe, in the kernel,
-    one thread per direction, half-close passed on with shutdown(SHUT_WR).
+  * per accepted connection, connects to the container port on the container's own address (10.0.2.100 with
+    slirp4netns, as podman's rootlesskit handler does: the kernel routes it over the container's loopback; a
+    service bound to 127.0.0.1 inside stays unreachable from the host, as with slirp4netns' own forwarding,
+    and sees connections coming from 10.0.2.100), then moves the bytes with splice(2) through a pipe, in the
+    kernel, one thread per direction, half-close passed on with shutdown(SHUT_WR).
 F says "ready" (b"1") or one error line on a pipe, and ends when P does: it holds the read end of a pipe whose
 only write end P keeps, and exits on POLLHUP (also after kill -9 of P). F never writes to the user's terminal:
 0, 1 and 2 are /dev/null, and every fd of P but its own two pipes is closed.
@@ -27,16 +28,17 @@ CHUNK = 1 << 20                      # bytes per splice(2): the unprivileged pip
 _FLAGS = os.SPLICE_F_MOVE              # not SPLICE_F_MORE: corking the send side measured slower here
 
 
-def start(ns_pid, specs, exit_r, ready_w):
-    """Fork F for the TCP PortSpecs `specs` into the namespaces of process `ns_pid`. Returns F's PID; F writes
-    b"1" or an error line to `ready_w` and ends on POLLHUP of `exit_r`."""
+def start(ns_pid, specs, target, exit_r, ready_w):
+    """Fork F for the TCP PortSpecs `specs` into the namespaces of process `ns_pid`, forwarding to IPv4
+    address `target` inside. Returns F's PID; F writes b"1" or an error line to `ready_w` and ends on POLLHUP
+    of `exit_r`."""
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                _forwarder(ns_pid, specs, exit_r, ready_w)
+                _forwarder(ns_pid, specs, target, exit_r, ready_w)
                 code = 0
             except BaseException as e:    # never a traceback on the user's terminal
                 try:
@@ -62,7 +64,7 @@ def failure(data):
     return NetworkError(message or "port forwarder: exited", fix=fix or None)
 
 
-def _forwarder(ns_pid, specs, exit_r, ready_w):
+def _forwarder(ns_pid, specs, target, exit_r, ready_w):
     for sig in _ALL_SIGNALS:
         try:
             _signal.signal(sig, _signal.SIG_DFL)
@@ -130,7 +132,7 @@ def _forwarder(ns_pid, specs, exit_r, ready_w):
             conn = _socket.socket(s.family, _socket.SOCK_STREAM, 0, fd)
             try:
                 out = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-                out.connect(("127.0.0.1", port))
+                out.connect((target, port))
             except OSError:
                 out.close()
                 conn.close()              # nothing listens inside: the client sees the connection end

@@ -12,8 +12,8 @@
   and exits. stop() closes it and SIGKILLs slirp4netns without waiting for the kernel to finish its exit
   (the tap teardown takes ~20 ms in exit_group: see runtime.net.wait.end).
 * Published ports: the host side is checked in prepare() (free, local, allowed). TCP ports go through pirun's
-  port forwarder (runtime.net.forward: splice(2) between a host socket and one on the container's loopback,
-  as podman's default rootlesskit port handler), several times faster than slirp4netns' own forwarding,
+  port forwarder (runtime.net.forward: splice(2) between a host socket and one to 10.0.2.100 inside, as
+  podman's default rootlesskit port handler), several times faster than slirp4netns' own forwarding,
   which runs every byte through libslirp's TCP stack. UDP ports (and TCP with PIRUN_PORT_HANDLER=slirp4netns,
   for the benchmark) are one add_hostfwd request each on the API socket (json imported only then), which
   keeps the client's source address. The socket and its private directory are removed as soon as the ports
@@ -162,7 +162,7 @@ class Slirp4netnsBackend(HelperBackend):
         exit_r, self._fwd_exit = os.pipe()
         try:
             try:
-                self._fwd = forward.start(pid, specs, exit_r, ready_w)
+                self._fwd = forward.start(pid, specs, GUEST_ADDR, exit_r, ready_w)
             finally:
                 os.close(ready_w)
                 os.close(exit_r)

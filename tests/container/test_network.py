@@ -169,6 +169,24 @@ def test_8_mib_each_way_through_a_published_port_arrive_intact(rootfs, net):
     assert len(body) == 8 << 20 and hashlib.sha256(body).hexdigest() == want
 
 
+def test_published_port_does_not_reach_a_service_bound_to_the_containers_loopback(rootfs):
+    """-p reaches the container's address, not its loopback: a service on 127.0.0.1 inside stays private
+    (as with podman), while one on 0.0.0.0 in the same container answers."""
+    import urllib.request
+    private, public = free_port(), free_port()
+    script = ("mkdir -p /dev/shm/www && echo public > /dev/shm/www/index.html && "
+              "httpd -p 127.0.0.1:80 -h /dev/shm/www && exec httpd -f -p 81 -h /dev/shm/www")
+    proc = start(["-p", f"127.0.0.1:{private}:80", "-p", f"127.0.0.1:{public}:81", "/bin/sh", "-c", script],
+                 net="slirp4netns")
+    try:
+        assert wait_http(f"http://127.0.0.1:{public}/") == b"public\n"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{private}/", timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
 def test_published_port_is_released_after_kill_9_of_run_py(rootfs):
     """The port forwarder ends with run.py even after kill -9: the host port can be bound again at once."""
     port = free_port()
