@@ -24,6 +24,7 @@ import _signal
 from runtime.errors import NetworkError
 from runtime.net.spawn import _ALL_SIGNALS
 
+_PR_SET_DUMPABLE = 4                 # <linux/prctl.h>
 CHUNK = 1 << 20                      # bytes per splice(2): the unprivileged pipe-max-size default
 _FLAGS = os.SPLICE_F_MOVE              # not SPLICE_F_MORE: corking the send side measured slower here
 
@@ -111,6 +112,8 @@ def _forwarder(ns_pid, specs, target, exit_r, ready_w):
         finally:
             os.close(fd)
     libc.set_name("pirun-portfwd")
+    libc.prctl(_PR_SET_DUMPABLE, 0, step="port forwarder: set non-dumpable")   # no ptrace, no /proc peeking
+
     os.write(ready_w, b"1")
     os.close(ready_w)
 
