@@ -22,7 +22,7 @@ import os
 import _signal
 
 from runtime.errors import NetworkError
-from runtime.net.spawn import _ALL_SIGNALS
+from runtime.net.spawn import ALL_SIGNALS
 
 _PR_SET_DUMPABLE = 4                 # <linux/prctl.h>
 CHUNK = 1 << 20                      # bytes per splice(2): the unprivileged pipe-max-size default
@@ -33,7 +33,7 @@ def start(ns_pid, specs, target, exit_r, ready_w):
     """Fork F for the TCP PortSpecs `specs` into the namespaces of process `ns_pid`, forwarding to IPv4
     address `target` inside. Returns F's PID; F writes b"1" or an error line to `ready_w` and ends on POLLHUP
     of `exit_r`."""
-    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
@@ -66,7 +66,7 @@ def failure(data):
 
 
 def _forwarder(ns_pid, specs, target, exit_r, ready_w):
-    for sig in _ALL_SIGNALS:
+    for sig in ALL_SIGNALS:
         try:
             _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):

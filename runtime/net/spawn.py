@@ -12,7 +12,7 @@ from runtime.errors import NetworkError
 _SIGDEF = tuple(getattr(_signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
                                                  "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCHLD", "SIGUSR1",
                                                  "SIGUSR2", "SIGALRM", "SIGWINCH"))
-_ALL_SIGNALS = tuple(s for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
+ALL_SIGNALS = tuple(s for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
 
 
 def null_fd():
@@ -84,12 +84,12 @@ def spawn_tied(argv, pass_fd, stderr, tool):
     nul = null_fd()
     # Block every signal across fork: until K has reset the launcher's handlers to SIG_DFL, a signal must
     # not run P's Python handlers (which forward signals to the container) in K.
-    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
     try:
         child = os.fork()
         if child == 0:                                   # K: becomes the helper
             try:
-                for sig in _ALL_SIGNALS:
+                for sig in ALL_SIGNALS:
                     try:
                         _signal.signal(sig, _signal.SIG_DFL)
                     except (OSError, ValueError):
