@@ -12,8 +12,8 @@ The init side brings `lo` up itself in every mode but host.
 BACKENDS = ("slirp4netns", "pasta", "none", "host")
 
 # The default --net of each use; hostconfig `net` and --net override it. slirp4netns with pirun's splice port
-# forwarder meets the three goals for all of them (README, Networking: start +1 ms, -p at loopback speed,
-# ~5 MB); pasta's costs (15-25 ms of zero-filled buffers at every start, ~20-29 MB PSS) buy outbound speed,
+# forwarder is as fast as pasta through -p, starts within a few ms of --net none and costs ~5 MB (README,
+# Networking); pasta's costs (15-25 ms of zero-filled buffers at every start, ~20-29 MB PSS) buy outbound speed,
 # IPv6 and clients' source addresses, which a host opts into with `net = pasta`.
 DEFAULTS = {"foreground": "slirp4netns", "detached": "slirp4netns", "service": "slirp4netns"}
 
