@@ -362,8 +362,8 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None, pirun=F
         else:
             raise SpecError(f"{name} {text}: unsupported (seccomp=unconfined or no-new-privileges)")
 
-    mode = opts["net"][1] if "net" in opts else (cfg.net or "slirp4netns")
-    from runtime.net import BACKENDS
+    from runtime.net import BACKENDS, default_mode
+    mode = opts["net"][1] if "net" in opts else (cfg.net or default_mode(pirun and "detach" in opts, environ))
     if mode not in BACKENDS:
         raise SpecError(f"--net {mode}: unknown network mode (choose {', '.join(BACKENDS)})")
     net = NetSpec(mode=mode, publish=tuple(parse_publish(n, v) for n, v in opts.get("publish", [])),

@@ -155,14 +155,16 @@ def _flag_names(flags):
     return "+".join(name for bit, name in _FLAG_NAMES if flags & bit) + " namespaces"
 
 
-# --- setns (pirun exec: runtime.lifecycle.exec) ------------------------------------------------------------------
-def setns(fd, nstype, step="setns"):
-    """setns(2); with a pidfd, several CLONE_NEW* flags enter those namespaces of the process at once
-    (Linux 5.8+), the user namespace first."""
+# --- setns (pirun exec: runtime.lifecycle.exec; the port forwarder: runtime.net.forward) --------------------------
+def setns(fd, nstype, obj=None, step="setns"):
+    """setns(2): join the namespace open at `fd`; with a pidfd, several CLONE_NEW* flags enter those namespaces of
+    the process at once (Linux 5.8+), the user namespace first."""
     lib = _load()
     lib.setns.argtypes = [_ct.c_int, _ct.c_int]
     lib.setns.restype = _ct.c_int
-    return check(lib.setns(fd, nstype), step, _flag_names(nstype))
+    return check(lib.setns(fd, nstype), step, obj or _flag_names(nstype))
+
+
 def syncfs(fd, step="syncfs"):
     """syncfs(2): write the filesystem holding `fd` to disk (an image store commits after its layers)."""
     lib = _load()

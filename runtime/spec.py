@@ -4,6 +4,7 @@ No dataclasses here on purpose: importing dataclasses costs ~11 ms (it pulls in 
 run.py's start-up budget. `Record` gives the same guarantees we rely on: named fields, defaults, immutability,
 equality and a readable repr.
 """
+from runtime.net import DEFAULTS as _net_defaults
 
 
 class Record:
@@ -55,7 +56,7 @@ class PortSpec(Record):
 
 class NetSpec(Record):
     __slots__ = ("mode", "publish", "allow_host_loopback")
-    _defaults = {"mode": "slirp4netns", "publish": (), "allow_host_loopback": False}
+    _defaults = {"mode": _net_defaults["foreground"], "publish": (), "allow_host_loopback": False}
 
 
 class Limits(Record):

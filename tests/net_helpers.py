@@ -167,8 +167,8 @@ spec = NetSpec(mode=cfg["mode"], allow_host_loopback=cfg.get("allow_host_loopbac
                publish=tuple(PortSpec(**p) for p in cfg.get("publish", ())))
 b = backend_for(spec)
 if cfg.get("skip_port_check"):       # simulate losing the race for a host port after prepare()
-    from runtime.net import _helper
-    _helper.check_ports = lambda *a, **k: None
+    from runtime.net import ports
+    ports.check_ports = lambda *a, **k: None
 t0 = time.perf_counter()
 try:
     b.prepare()

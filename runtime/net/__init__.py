@@ -12,6 +12,24 @@ The init side brings `lo` up itself in every mode but host.
 
 BACKENDS = ("slirp4netns", "pasta", "none", "host")
 
+# The default --net of each use; hostconfig `net` and --net override it. slirp4netns with pirun's splice port
+# forwarder is as fast as pasta through -p, starts within a few ms of --net none and costs ~5 MB (README,
+# Networking); pasta's costs (15-25 ms of zero-filled buffers at every start, ~20-29 MB PSS) buy outbound speed,
+# IPv6 and clients' source addresses, which a host opts into with `net = pasta`.
+DEFAULTS = {"foreground": "slirp4netns", "detached": "slirp4netns", "service": "slirp4netns"}
+
+
+def default_mode(detach=False, environ=None):
+    """The default network mode for this use: "detached" (pirun run -d), "service" (run by systemd, which sets
+    INVOCATION_ID in a unit's environment) or "foreground"."""
+    if detach:
+        use = "detached"
+    elif environ is not None and environ.get("INVOCATION_ID"):
+        use = "service"
+    else:
+        use = "foreground"
+    return DEFAULTS[use]
+
 
 class NetBackend:
     unshare_net = True

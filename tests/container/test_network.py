@@ -129,6 +129,87 @@ def test_host_fetches_from_container_through_published_port(rootfs, net):
 
 
 @pytest.mark.parametrize("net", ["slirp4netns", "pasta"])
+def test_8_mib_each_way_through_a_published_port_arrive_intact(rootfs, net):
+    """Upload: the host sends 8 MiB and half-closes; the container reads to the end and answers the digest.
+    Download: httpd serves 8 MiB made in the container; the host compares its digest with the container's."""
+    import hashlib
+    data = os.urandom(8 << 20)
+    port = free_port()
+    # nc -e: the shell's stdin and stdout are the connection. It can only answer once the host's half-close,
+    # passed on by the forwarder, has ended its input while the way back stays open.
+    script = ("printf 'cat > /dev/shm/in; sha256sum /dev/shm/in\\n' > /dev/shm/up.sh; "
+              "nc -l -p 80 -e /bin/sh /dev/shm/up.sh & n=$!; "
+              "until netstat -ltn | grep -q ':80 '; do usleep 10000; done; echo up; wait $n")
+    proc = start(["-p", f"127.0.0.1:{port}:80", "/bin/sh", "-c", script], net=net)
+    try:
+        assert proc.stdout.readline() == "up\n", proc.stderr.read() if proc.poll() is not None else ""
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := c.recv(65536):
+                reply += chunk
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert reply.split()[:1] == [hashlib.sha256(data).hexdigest().encode()], reply
+
+    port = free_port()
+    script = ("mkdir -p /dev/shm/www && dd if=/dev/urandom of=/dev/shm/www/big bs=1M count=8 2>/dev/null && "
+              "sha256sum /dev/shm/www/big && exec httpd -f -p 80 -h /dev/shm/www")
+    proc = start(["-p", f"127.0.0.1:{port}:80", "/bin/sh", "-c", script], net=net)
+    try:
+        want = proc.stdout.readline().split()[0]
+        body = wait_http(f"http://127.0.0.1:{port}/big")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert len(body) == 8 << 20 and hashlib.sha256(body).hexdigest() == want
+
+
+def test_published_port_does_not_reach_a_service_bound_to_the_containers_loopback(rootfs):
+    """-p reaches the container's address, not its loopback: a service on 127.0.0.1 inside stays private
+    (as with podman), while one on 0.0.0.0 in the same container answers."""
+    import urllib.request
+    private, public = free_port(), free_port()
+    script = ("mkdir -p /dev/shm/www && echo public > /dev/shm/www/index.html && "
+              "httpd -p 127.0.0.1:80 -h /dev/shm/www && exec httpd -f -p 81 -h /dev/shm/www")
+    proc = start(["-p", f"127.0.0.1:{private}:80", "-p", f"127.0.0.1:{public}:81", "/bin/sh", "-c", script],
+                 net="slirp4netns")
+    try:
+        assert wait_http(f"http://127.0.0.1:{public}/") == b"public\n"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{private}/", timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
+def test_published_port_is_released_after_kill_9_of_run_py(rootfs):
+    """The port forwarder ends with run.py even after kill -9: the host port can be bound again at once."""
+    port = free_port()
+    proc = start(["-p", f"127.0.0.1:{port}:80", "/bin/sh", "-c", "echo up; exec sleep 60"], net="slirp4netns")
+    assert proc.stdout.readline() == "up\n"
+    socket.create_connection(("127.0.0.1", port)).close()       # someone listens: the forwarder
+    proc.kill()
+    proc.communicate(timeout=20)
+    deadline = time.monotonic() + 2
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"host port {port} still held 2 s after kill -9 of run.py"
+            time.sleep(0.05)
+        finally:
+            s.close()
+
+
+@pytest.mark.parametrize("net", ["slirp4netns", "pasta"])
 def test_publish_port_in_use_is_one_line_125_and_nothing_runs(rootfs, net):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
