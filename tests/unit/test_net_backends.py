@@ -296,8 +296,8 @@ def test_default_path_imports_nothing_heavy(mode):
             "b._path = '/bin/true'; b._flags = ()\n"
             "b.resolv_conf(); b.hosts('x'); b.argv(1, '/p') if hasattr(b, '_log') and "
             f"{mode!r} == 'pasta' else b.argv(1, 3, 4)\n"
-            "from runtime.net import lookup, wait\n"
-            "lookup.find_binary('sh'); wait.wait_for\n"
+            "from runtime import tools\nfrom runtime.net import wait\n"
+            "tools.find('sh'); wait.wait_for\n"
             f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
             "print(','.join(bad))\n")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
