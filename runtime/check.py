@@ -54,6 +54,7 @@ import sys
 
 from runtime import arch, hostconfig, idmap, sync, tools
 from runtime import rootfs as rootfs_mod
+from runtime.net import default_mode
 from runtime.errors import PirunError, SpecError
 
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -380,7 +381,7 @@ class Host:
         except KeyError:
             self.user = str(self.uid)
         self.cfg_item, self.cfg = check_config()
-        self.net = net or (self.cfg.net if self.cfg else None) or "slirp4netns"
+        self.net = net or (self.cfg.net if self.cfg else None) or default_mode(environ=os.environ)
         self.cgroups_required = cgroups_required(self.cfg)
         if rootfs:
             self.rootfs = os.path.abspath(rootfs)
