@@ -357,6 +357,10 @@ TOOLS = (
     ("iputils-ping", ("bin/ping", "bin/ping4", "bin/ping6")),
     ("wget", ("usr/bin/wget",)),
 )
+# The shell: busybox-static's ash prefers its own applets to the programs on PATH (FEATURE_SH_STANDALONE), so
+# `ping` or `wget` typed at its prompt would still be busybox's. /bin/sh and /bin/ash are Debian's dynamically
+# linked busybox instead (same version, applets found on PATH first); every other applet stays busybox-static's.
+SHELL = ("busybox", "bin/busybox", "bin/busybox-sh", ("bin/sh", "bin/ash"))
 LIBRARY_PACKAGES = ("libc6", "libcap2", "libidn2-0", "libunistring2", "libgnutls30", "libnettle8", "libhogweed6",
                     "libgmp10", "libp11-kit0", "libtasn1-6", "libffi8", "libpsl5", "libpcre2-8-0", "libuuid1",
                     "zlib1g", "libgcc-s1")      # libgcc-s1: armhf's libffi needs libgcc_s
@@ -364,7 +368,7 @@ LIBRARY_DIRS = ("lib", "usr/lib")       # searched, with their multiarch subdire
 
 
 def tool_packages():
-    return tuple(pkg for pkg, _paths in TOOLS) + LIBRARY_PACKAGES
+    return tuple(pkg for pkg, _paths in TOOLS) + (SHELL[0],) + LIBRARY_PACKAGES
 
 
 def elf_dynamic(path):
@@ -470,6 +474,18 @@ def install_tools(root, arch, debs):
             _copy_resolved(unpack, rel, root, rel)
             todo.append(rel)
             tools += 1
+    pkg, rel, dest_rel, links = SHELL
+    src = os.path.join(unpack, rel)
+    if not os.path.isfile(src) or elf_arch(src) != arch:
+        raise RootfsError(f"{pkg} ({debs.get(pkg)}): {rel} is missing or not an {arch} executable",
+                          fix=f"apt-get download {pkg}:{ARCHES[arch][0]} (apt-get update first)")
+    _copy_resolved(unpack, rel, root, dest_rel)
+    todo.append(dest_rel)
+    for link in links:
+        path = os.path.join(root, link)
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(os.path.relpath(dest_rel, os.path.dirname(link)), path)
     done, libraries = set(todo), 0
     while todo:
         rel = todo.pop()

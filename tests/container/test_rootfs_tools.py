@@ -70,6 +70,17 @@ def test_wget_with_timeout_flag_over_net_host(tree):
     assert r.stdout == BODY.decode(), shown(r)
 
 
+def test_the_shell_runs_the_real_ping_and_wget(tree):
+    """What a user types at the container's /bin/sh prompt: the shell looks ping and wget up on PATH (busybox's
+    static ash would run its own applets: a raw-socket ping that fails, a wget that crashes on -T)."""
+    with HostHTTP(BODY) as srv:
+        r = run(["--allow-host-loopback", "/bin/sh", "-c",
+                 f"type ping wget; ping -c 2 -W 5 10.0.2.2 >/dev/null && echo ping-ok; "
+                 f"wget -q -T 5 -O- http://10.0.2.2:{srv.port}/"], rootfs=tree, net=None, timeout=60)
+    assert r.returncode == 0, shown(r)
+    assert r.stdout == f"ping is /bin/ping\nwget is /usr/bin/wget\nping-ok\n{BODY.decode()}", shown(r)
+
+
 def test_wget_through_slirp4netns_only_with_allow_host_loopback(tree):
     with HostHTTP(BODY) as srv:
         url = f"http://10.0.2.2:{srv.port}/"
