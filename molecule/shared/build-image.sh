@@ -10,7 +10,8 @@
 #
 # Recipe: debootstrap minbase + systemd, udev, dbus-user-session, libpam-systemd, openssh-server, python3,
 # python3-apt, sudo, the cloud kernel; bookworm-updates and bookworm-security applied; update_initramfs=no;
-# a flat local apt repository in /opt/localrepo with the packages the roles install (the VM has no way out).
+# a flat local apt repository in /opt/localrepo with the packages the roles install and their dependencies
+# (skopeo and fuse-overlayfs among them; the VM has no way out).
 # The image directory is keyed by a hash of this file, so any change of recipe rebuilds and reruns reuse it.
 # Cache: $PIRUN_VM_CACHE (default ~/.cache/pirun/vm). Runs as root (debootstrap, chroot).
 set -euo pipefail
@@ -27,11 +28,13 @@ cache=${PIRUN_VM_CACHE:-$HOME/.cache/pirun/vm}
 
 # Baked into the image: what the roles install, so that the VM needs no network. Keep in sync with
 # roles/pirun_prereqs/defaults/main.yml (pirun_prereqs_packages) and pirun_runtime (busybox-static download).
-# The rootfs builder's own package list (iputils-ping, wget, their libraries) comes from runtime/rootfs.py.
+# The rootfs builder's own package list (iputils-ping, wget, busybox, their libraries) comes from runtime/rootfs.py.
+# skopeo and fuse-overlayfs bring their dependencies (containers-common, gpgme, fuse3...): apt-get below
+# downloads every one the image does not have yet.
 rootfs_packages=$(cd "$(dirname "$0")/../.." && python3 -c 'from runtime.rootfs import tool_packages
 print(" ".join(tool_packages()))')
-localrepo_packages="slirp4netns passt uidmap python3-pyroute2 busybox-static libcap2-bin acl dbus-user-session
-libpam-systemd $rootfs_packages"
+localrepo_packages="slirp4netns passt uidmap python3-pyroute2 skopeo fuse-overlayfs busybox-static libcap2-bin acl
+dbus-user-session libpam-systemd $rootfs_packages"
 base_packages="systemd-sysv,udev,dbus,dbus-user-session,libpam-systemd,openssh-server,python3,python3-apt,sudo,\
 ca-certificates,iproute2,procps,kmod"
 

@@ -1,8 +1,13 @@
 """The Ansible roles on real (emulated) Debian 12 VMs: `molecule test -s SCENARIO` from the repository root.
 
-default: create (image built by debootstrap and cached, qemu TCG boot), converge (site.yml), idempotence (second
-converge: changed=0), verify (as the container user: run.py --check, hostname/PID 1/uid 0, published port, OOM
-kill, pids limit, the cgroup acceptance of molecule/shared/verify_cgroup.yml, no leftovers), destroy.
+default: create (image built by debootstrap and cached, qemu TCG boot), prepare (an OCI image archive of the busybox
+rootfs, written on the controller), check (--check --diff on the fresh VM), converge (site.yml), idempotence
+(second converge: changed=0), verify (as root: what the roles wrote, /dev/fuse, skopeo, fuse-overlayfs, the
+/usr/local/bin/pirun link; as the container user: pirun --version, skopeo inspect of the archive, a fuse-overlayfs
+mount in a user namespace, with verify_images_enabled `pirun load -i` and `pirun run` of the archive, run.py
+--check, hostname/PID 1/uid 0, published port, OOM kill, pids limit, the cgroup acceptance of
+molecule/shared/verify_cgroup.yml, no leftovers), destroy. PIRUN_MOLECULE_VERIFY_IMAGES=false skips the pirun
+load/run tasks.
 rpi: the same VM dressed up as a Raspberry Pi (fake device tree model and /boot/firmware/cmdline.txt): the
 cmdline edit, its idempotence and exactly one reboot by the handler.
 PIRUN_MOLECULE_SCENARIOS picks the scenarios (default: "default rpi"; "arm64" runs the arm64 VM, ~2.5x slower).
