@@ -94,6 +94,7 @@ _RUN_OPTIONS = {
     "-d": ("detach", False), "--detach": ("detach", False),
     "--name": ("name", True),
     "--rm": ("remove", False),
+    "--replace": ("replace", False),
     "--platform": ("platform", True),
     "--pull": ("pull", True),
     "-u": ("user", True), "--user": ("user", True),
@@ -414,7 +415,7 @@ def parse(argv, environ=None, stdin_tty=None, stdout_tty=None, cwd=None, pirun=F
 def _run_options(opts, image):
     """The `pirun run` options beyond run.py's (checked here; applied by runtime.cmd.run)."""
     from runtime.spec import RunOptions
-    values = {"image": image, "detach": "detach" in opts, "remove": "remove" in opts,
+    values = {"image": image, "detach": "detach" in opts, "remove": "remove" in opts, "replace": "replace" in opts,
               "explicit": frozenset(k for k in ("workdir", "env", "user", "entrypoint") if k in opts),
               "env_names": frozenset(text.partition("=")[0] for _, text in opts.get("env", [])),
               "rootfs_overlay": "rootfs" in opts and opts["rootfs"][1].endswith(":O")}

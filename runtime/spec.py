@@ -117,8 +117,8 @@ class RunOptions(Record):
     `explicit` names the options the user gave that an image's config would otherwise decide
     (workdir, env, user, entrypoint); `env_names` the variables given with -e; `rootfs_overlay`: --rootfs DIR:O
     (DIR is the read-only lower layer of a throwaway overlay)."""
-    __slots__ = ("image", "detach", "name", "remove", "platform", "pull", "user", "entrypoint", "log_driver",
-                 "log_opts", "explicit", "env_names", "rootfs_overlay")
-    _defaults = {"image": None, "detach": False, "name": None, "remove": False, "platform": None, "pull": None,
-                 "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset(),
+    __slots__ = ("image", "detach", "name", "remove", "replace", "platform", "pull", "user", "entrypoint",
+                 "log_driver", "log_opts", "explicit", "env_names", "rootfs_overlay")
+    _defaults = {"image": None, "detach": False, "name": None, "remove": False, "replace": False, "platform": None,
+                 "pull": None, "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset(),
                  "env_names": frozenset(), "rootfs_overlay": False}

@@ -378,18 +378,33 @@ def rm(argv, ctx):
                                "-t": ("time", True), "--time": ("time", True)}, RM_USAGE)
 
     def one(c, ref):
-        if c.status == "running" or state.lock_held(f"{c.dir}/lock"):
-            if not opts.get("force"):
-                raise Improper(f"cannot remove container {c.id} as it is running - running or paused "
-                               "containers cannot be removed without force: container state improper",
-                               fix=f"pirun stop {ref} first, or pirun rm -f {ref}")
-            _kill_now(c)
-            _wait_stopped(c)
-        state.remove(ctx, c)
-        from runtime.image.container import remove_layer
-        remove_layer(ctx, c.id, wait=2.0)
+        remove_container(ctx, c, ref, bool(opts.get("force")))
     state.sweep(ctx)
     return _each(ctx, args, opts, RM_USAGE, one)
+
+
+def remove_container(ctx, c, ref, force):
+    """`pirun rm [-f]` of one container: its record, its name and its writable layer."""
+    if c.status == "running" or state.lock_held(f"{c.dir}/lock"):
+        if not force:
+            raise Improper(f"cannot remove container {c.id} as it is running - running or paused "
+                           "containers cannot be removed without force: container state improper",
+                           fix=f"pirun stop {ref} first, or pirun rm -f {ref}")
+        _kill_now(c)
+        _wait_stopped(c)
+    state.remove(ctx, c)
+    from runtime.image.container import remove_layer
+    remove_layer(ctx, c.id, wait=2.0)
+
+
+def replace(ctx, name):
+    """`pirun run --replace --name NAME`: a container of that name, running or not, is removed first."""
+    try:
+        c = state.lookup(ctx, name)
+    except state.NoSuchContainer:
+        return
+    if c.name == name:                 # a name, never an ID prefix that happens to match
+        remove_container(ctx, c, name, force=True)
 
 
 # --- inspect -----------------------------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ def main(argv, ctx):
     if opts.detach:
         # detached: a terminal only with an explicit -t (the caller's terminal is not the container's)
         _, (spec, hostcfg, opts) = cli.parse(argv, pirun=True, stdin_tty=False, stdout_tty=False)
+    if opts.replace:
+        if not opts.name:
+            from runtime.errors import SpecError
+            raise SpecError("--replace needs --name", fix="pirun run --replace --name NAME ...")
+        from runtime.cmd.containers import replace
+        replace(ctx, opts.name)
     container_id = os.urandom(32).hex()       # 64 hex digits: the record's, the log's and the layer's name
     recorded = bool(opts.detach or opts.name)
     layer = None

@@ -141,3 +141,17 @@ def test_plain_pirun_run_records_nothing(pirun):
     r = pirun("run", "--net", "none", "--rootfs", ROOTFS, "sh", "-c", "exit 4")
     assert r.returncode == 4
     assert pirun.ps() == [] and pirun.leftovers() == []
+
+
+def test_replace_removes_the_container_of_that_name(pirun):
+    """podman's --replace (what service units run): an old container of the name, running or exited, goes."""
+    old = pirun.detach("sleep", "100", name="svc")
+    new = pirun.detach("sleep", "100", name="svc", extra=["--replace"])
+    assert [c["Id"] for c in pirun.ps("-a")] == [new], "the old container of the name is still there"
+    assert old != new
+    pirun("stop", "-t", "0", "svc", check=True)
+    newer = pirun.detach("true", name="svc", extra=["--replace"])           # an exited one goes too
+    assert [c["Id"] for c in pirun.ps("-a")] == [newer]
+    r = pirun("run", "--replace", "--net", "none", "--rootfs", ROOTFS, "true")
+    assert r.returncode == 125 and "--replace needs --name" in r.stderr, r.stderr
+    pirun("rm", "-f", "svc")
