@@ -33,8 +33,10 @@ cache=${PIRUN_VM_CACHE:-$HOME/.cache/pirun/vm}
 # downloads every one the image does not have yet.
 rootfs_packages=$(cd "$(dirname "$0")/../.." && python3 -c 'from runtime.rootfs import tool_packages
 print(" ".join(tool_packages()))')
+# The roles' packages are installed by apt (their dependencies come along); the rootfs builder's are fetched by
+# name with `apt-get download` (no dependencies, and busybox and busybox-static conflict as installed packages).
 localrepo_packages="slirp4netns passt uidmap python3-pyroute2 skopeo fuse-overlayfs busybox-static libcap2-bin acl
-dbus-user-session libpam-systemd $rootfs_packages"
+dbus-user-session libpam-systemd"
 base_packages="systemd-sysv,udev,dbus,dbus-user-session,libpam-systemd,openssh-server,python3,python3-apt,sudo,\
 ca-certificates,iproute2,procps,kmod"
 
@@ -144,7 +146,7 @@ if [ ! -e "$root/boot/initrd.img-$kver" ]; then
     in_root update-initramfs -c -k "$kver" >"$work/initramfs.log" 2>&1 || { tail -30 "$work/initramfs.log" >&2; exit 1; }
 fi
 
-say "local apt repository /opt/localrepo: $(echo $localrepo_packages)"
+say "local apt repository /opt/localrepo: $(echo $localrepo_packages $rootfs_packages)"
 in_root apt-get -y -q clean
 # shellcheck disable=SC2086
 in_root apt-get -y -q install --download-only $localrepo_packages >>"$work/apt.log" 2>&1 \
@@ -157,6 +159,8 @@ mkdir -p "$root/opt/localrepo"
         in_root sh -c "cd /opt/localrepo && apt-get download -q $p" >>"$work/apt.log" 2>&1
     fi
 done)
+in_root sh -c "cd /opt/localrepo && apt-get download -q $(echo $rootfs_packages)" >>"$work/apt.log" 2>&1 \
+    || { tail -30 "$work/apt.log" >&2; exit 1; }
 mv "$root"/var/cache/apt/archives/*.deb "$root/opt/localrepo/" 2>/dev/null || true
 (cd "$root/opt/localrepo" && apt-ftparchive packages . >Packages 2>/dev/null && gzip -9kf Packages)
 echo 'deb [trusted=yes] file:/opt/localrepo ./' >"$root/etc/apt/sources.list"
