@@ -113,6 +113,7 @@ def test_volume_target_created_in_the_writable_layer(loaded, shared_tmp):
 def test_read_only_has_no_writable_layer(loaded):
     r = pirun(RUN + ["--read-only", "-u", "0", "test:1", "sh", "-c", "touch /x 2>&1; cat /etc/top"], loaded)
     assert "Read-only file system" in r.stdout and "top layer" in r.stdout, r.stderr
+    assert list((loaded / "containers").iterdir()) == []   # its layer (no upper, no work) is gone too
 
 
 def test_rootfs_overlay_keeps_the_directory_pristine(root, shared_tmp):
