@@ -54,6 +54,7 @@ class Init:
         self.parent_fd = parent_fd             # read end of a pipe only process I writes to: EOF when I is gone
         self.root = spec.rootfs
         self.root_fd = None
+        self.dev_fd = None                     # the /dev tmpfs (MountDev), for the generated /etc files
         self.doing = "start the container"     # a step or a phase: names an error that does not (a raw OSError)
 
     # --- steps -------------------------------------------------------------------------------------------
@@ -128,6 +129,9 @@ class Init:
     def _mount_dev(self, dev):
         sc = self.sc
         sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k", step="mount tmpfs on")
+        # The tmpfs itself, held before any volume can be bound over /dev: the generated /etc files are
+        # written through it (_write_etc), never into a directory of the host's that a volume put there.
+        self.dev_fd = os.open(dev, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         for name in S.DEVICES:
             path = f"{dev}/{name}"
             sc.write_new(path, "", 0o666, step="create the bind target")
@@ -148,8 +152,9 @@ class Init:
             sc.symlink(f"/proc/self/fd/{i}", f"{dev}/{name}")
 
     def _write_etc(self, name, content):
-        """Write the file into our /dev tmpfs, bind it over /etc/<name>, unlink the source: nothing is written
-        on disk and nothing is left behind, whatever happens to the container."""
+        """Write the file into our /dev tmpfs (through the fd MountDev took of it: a volume bound over /dev is
+        never written), bind it over /etc/<name>, unlink the source: nothing is written on disk and nothing
+        is left behind, whatever happens to the container."""
         sc = self.sc
         try:
             fd = open_in_root(self.root_fd, f"/etc/{name}", "bind generated file on")
@@ -162,7 +167,7 @@ class Init:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise SetupError(f"/etc/{name} in the rootfs is not a regular file")
-            src = f"{self.root}/dev/.pirun-{name}"
+            src = f"{fd_path(self.dev_fd)}/.pirun-{name}"          # in the tmpfs MountDev mounted
             sc.write_new(src, content, 0o644, step=f"write the generated /etc/{name} to",
                          shown=f"/dev/.pirun-{name}")
             try:

@@ -138,8 +138,8 @@ def main(argv, environ=None):
         if target is None:
             raise SpecError(f"unknown command {rest[0]!r}", fix="see pirun --help")
         module, _, function = target.partition(":")
-        import importlib
-        return getattr(importlib.import_module(f"runtime.cmd.{module}"), function)(args, ctx)
+        # __import__, not importlib.import_module: importlib's package costs its import (and warnings')
+        return getattr(__import__(f"runtime.cmd.{module}", fromlist=(function,)), function)(args, ctx)
     except PirunError as e:
         ctx.warn(e.line(), prefix="error: ")
         return e.exit_code

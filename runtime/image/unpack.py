@@ -20,6 +20,7 @@ import os
 import stat
 
 from runtime.errors import SetupError
+from runtime.image.tree import remove_tree_at
 
 MAX_MEMBERS = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -307,30 +308,6 @@ class _Unpacker:
             except OSError:
                 pass
         self.close()
-
-
-def remove_tree_at(dfd, name):
-    """rm -rf name relative to the directory fd dfd, never following symlinks."""
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            os.unlink(name, dir_fd=dfd)
-            return
-        raise
-    try:
-        with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for n, is_dir in entries:
-            if is_dir:
-                remove_tree_at(fd, n)
-            else:
-                os.unlink(n, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dfd)
 
 
 def unpack_one(layers_dir, blob, blob_digest, diff_id, user, lock=True):

@@ -113,6 +113,7 @@ def test_volume_target_created_in_the_writable_layer(loaded, shared_tmp):
 def test_read_only_has_no_writable_layer(loaded):
     r = pirun(RUN + ["--read-only", "-u", "0", "test:1", "sh", "-c", "touch /x 2>&1; cat /etc/top"], loaded)
     assert "Read-only file system" in r.stdout and "top layer" in r.stdout, r.stderr
+    assert list((loaded / "containers").iterdir()) == []   # its layer (no upper, no work) is gone too
 
 
 def test_rootfs_overlay_keeps_the_directory_pristine(root, shared_tmp):
@@ -154,3 +155,32 @@ def test_fuse_overlayfs_driver(loaded):
 def test_unknown_driver_is_one_line(loaded):
     line = one_error_line(pirun(RUN + ["test:1", "true"], loaded, env={"PIRUN_OVERLAY_DRIVER": "aufs"}))
     assert "unknown driver" in line
+
+
+PROBE_WITH_A_CLEAN_INSIDE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from runtime.image import userns
+from runtime.image.overlay import native
+from runtime.image.store import Store
+real = userns.run
+
+def run_after_a_clean(fn, *args, **kw):     # another pirun command cleaning the store in the probe's window
+    Store(sys.argv[2]).clean(wait=False)
+    return real(fn, *args, **kw)
+
+userns.run = run_after_a_clean
+print(native.probe(sys.argv[2]))
+"""
+
+
+def test_driver_probe_survives_a_command_cleaning_the_store(root):
+    """The overlay driver is probed in a scratch directory of the store (the first run of a store); another
+    pirun command removing the store's debris meanwhile must leave it: the probe holds the store's lock."""
+    from conftest import REPO, user_env, user_kwargs
+    pirun(["images"], root)                         # creates the store
+    r = subprocess.run(["/usr/bin/python3", "-I", "-c", PROBE_WITH_A_CLEAN_INSIDE, str(REPO), str(root)],
+                       capture_output=True, text=True, timeout=60, env=user_env(), cwd="/", **user_kwargs())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "None\n", r.stdout           # native overlayfs works here: no problem found
+    assert os.listdir(root / "tmp") == []

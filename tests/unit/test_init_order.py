@@ -84,6 +84,13 @@ def test_double_has_the_real_surface():
     assert double == real
 
 
+def etc_src(rec, name):
+    """The path a generated /etc file was written to (in the /dev tmpfs, through the fd MountDev took)."""
+    paths = [c[1] for c in rec.calls if c[0] == "write_new" and c[1].endswith(f"/.pirun-{name}")]
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
 def test_default_plan_order(rootfs):
     spec = make_spec(rootfs)
     rec = apply_plan(spec)
@@ -104,13 +111,15 @@ def test_default_plan_order(rootfs):
     assert dev < index(rec, "mount", "devpts", f"{rootfs}/dev/pts") < pivot
     assert index(rec, "mkdir", f"{rootfs}/dev/pts") < index(rec, "mount", "devpts")
     assert dev < index(rec, "symlink", "pts/ptmx", f"{rootfs}/dev/ptmx") < pivot
-    # each generated /etc file: written into /dev, bound over /etc/<name>, unlinked; all before the pivot
+    # each generated /etc file: written into the /dev tmpfs through its fd (never through the path, which a
+    # volume may cover), bound over /etc/<name>, unlinked; all before the pivot
     for name in ("hostname", "hosts", "resolv.conf"):
-        src = f"{rootfs}/dev/.pirun-{name}"
+        src = etc_src(rec, name)
+        assert src.startswith("/proc/self/fd/"), src
         write, bind, unlink = (index(rec, "write_new", src), index(rec, "mount", src, f"/etc/{name}"),
                                index(rec, "unlink", src))
         assert dev < write < bind < unlink < pivot
-    assert rec.calls[index(rec, "write_new", f"{rootfs}/dev/.pirun-hostname")][2] == "myhost\n"
+    assert rec.calls[index(rec, "write_new", etc_src(rec, "hostname"))][2] == "myhost\n"
     # after the pivot: the sysctl before /proc/sys turns read-only, masks, read-only paths, hostname, lo
     sysctl = index(rec, "write_existing", "/proc/sys/net/ipv4/ping_group_range", "0 0")
     ro_proc_sys = indices(rec, lambda c: is_ro_remount(c, "/proc/sys"))
@@ -129,7 +138,7 @@ def test_read_only_rootfs_is_remounted_after_pivot_and_generated_files(rootfs):
     ro_root = indices(rec, lambda c: is_ro_remount(c, "/"))
     assert len(ro_root) == 1
     assert rec.calls[ro_root[0]][4] & MS_REC == 0, "only / itself: /dev and the /etc files stay writable"
-    assert index(rec, "mount", f"{rootfs}/dev/.pirun-resolv.conf") < index(rec, "pivot_root") < ro_root[0]
+    assert index(rec, "mount", etc_src(rec, "resolv.conf")) < index(rec, "pivot_root") < ro_root[0]
     assert ro_root[0] < index(rec, "sethostname")
 
 
@@ -140,7 +149,7 @@ def test_volumes_are_bound_before_pivot_and_read_only_ones_remounted(rootfs):
     mnt = index(rec, "mount", "/h1", "/mnt", None, MS_BIND | MS_REC)
     data = index(rec, "mount", "/h2", "/data", None, MS_BIND | MS_REC)
     pivot = index(rec, "pivot_root")
-    etc = index(rec, "write_new", f"{rootfs}/dev/.pirun-hostname")
+    etc = index(rec, "write_new", etc_src(rec, "hostname"))
     assert index(rec, "mount", "sysfs") < mnt < data < etc < pivot
     assert is_ro_remount(rec.calls[data + 1], "/data")
     assert not indices(rec, lambda c: is_ro_remount(c, "/mnt"))

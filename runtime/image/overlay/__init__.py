@@ -13,7 +13,7 @@ import errno
 import os
 
 from runtime.errors import SetupError
-from runtime.image.unpack import remove_tree_at
+from runtime.image.tree import remove_tree_at
 
 DRIVERS = ("overlay", "fuse-overlayfs")
 NATIVE_FIX = "a kernel with unprivileged overlayfs (Linux 5.11 or later), or: apt-get install fuse-overlayfs"
@@ -65,14 +65,49 @@ def ensure_path(root_fd, path, is_dir):
         os.close(pfd)
 
 
+# A writable layer as prepare (runtime.image.container) and the kernel leave it: the files, then the
+# directories deepest first (overlayfs makes work/work, and work/work/incompat/volatile/dirty for
+# `volatile`). The lock goes last: the layer counts as in use until only its empty directory is left.
+_LAYER_FILES = ("container.json", "work/work/incompat/volatile/dirty")
+_LAYER_DIRS = ("work/work/incompat/volatile", "work/work/incompat", "work/work", "work", "merged", "upper")
+
+
 def remove_layer_at(dir_fd, name):
-    """Process I, after the container ended: remove its writable layer (files of any mapped ID)."""
+    """Process I, after the container ended: remove its writable layer (files of any mapped ID). The known
+    layout by name (a dozen system calls for a container that wrote nothing), what the container wrote (in
+    upper) or anything unexpected by a walk that never follows a symlink."""
     try:
-        remove_tree_at(dir_fd, name)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            for path in _LAYER_FILES:
+                _unlink(path, fd)
+            for path in _LAYER_DIRS:
+                try:
+                    os.rmdir(path, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    if e.errno != errno.ENOTEMPTY:
+                        raise
+                    remove_tree_at(fd, path)
+            _unlink("lock", fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
     except OSError:
-        pass                                         # left for the next pirun command (debris)
+        try:
+            remove_tree_at(dir_fd, name)             # something unexpected in it: the walk
+        except OSError:
+            pass                                     # left for the next pirun command (debris)
     finally:
         os.close(dir_fd)
+
+
+def _unlink(path, dir_fd):
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def choose_driver(root):

@@ -51,11 +51,15 @@ def probe(root):
     from runtime.image import userns
     from runtime.image.store import Store
     store = Store(root).open()
-    base = store.tmpdir()
+    lock = store.shared()               # the scratch directory is ours until removed: no debris for others
     try:
-        problem = userns.run(_probe_child, base, mount_ns=True)
-    except SetupError as e:
-        problem = e.message
+        base = store.tmpdir()
+        try:
+            problem = userns.run(_probe_child, base, mount_ns=True)
+        except SetupError as e:
+            problem = e.message
+        finally:
+            store.remove([base])
     finally:
-        store.remove([base])
+        os.close(lock)
     return problem or None
