@@ -81,10 +81,14 @@ class Exec(Launcher):
             pid = os.fork()
             if pid == 0:
                 parent.close()
+                if self.stdio is not None:                   # a health check's output pipe (health.py)
+                    for target, fd in enumerate(self.stdio):
+                        os.dup2(fd, target)
                 _enter(child, me, pidfd, flags, self, cfg, null)          # never returns
                 os._exit(125)
             self.i_pid = pid
             child.close()
+            self._after_fork()
             os.close(pidfd)
             pidfd = None
             if null is not None:
