@@ -12,17 +12,16 @@ The monitor owns the network helper, the cgroup, the log and the exit status; it
 (state.py) for its whole life. Its container dies with it (the launcher's parent-death chain), so `kill -9`
 of the monitor leaves nothing running, and the free lock makes the record read as exited.
 
-"Started" is when the container's PID 1 has exec'd the command: its name in /proc/PID/stat changes from
-pirun-init; the monitor looks every 2 ms during start-up only (an exec leaves no other trace the launcher can
-wait on without changing the container side). A container that fails to start leaves no record.
+"Started" is when the container's PID 1 has exec'd the command: the monitor sends C the write end of a pipe
+with GO (Launcher.go_fds); C keeps it, close-on-exec, until its execve (with --init: the command's), so the
+read end's EOF in the monitor's loop is the exec, with no polling. An EOF with a message waiting on the channel
+is a failed exec (the error is sent before the fd closes). A container that fails to start leaves no record.
 """
 import os
 
 from runtime.errors import PirunError
 from runtime.launcher import Launcher
 from runtime.lifecycle import logs, state
-
-_STARTING = ("pirun-ns", "pirun-init")
 
 
 class Monitor(Launcher):
@@ -45,6 +44,7 @@ class Monitor(Launcher):
         self.hc_pipe = None                  # (read, write): results of the checks, one marshalled dict each
         self.kill_at = None                  # on-failure=stop: SIGKILL at this monotonic time
         self.c_pidfd = None
+        self.exec_r = None                   # EOF once C has exec'd the command (go_fds)
         if detached:
             self.log = logs.open_log(container.config)
             null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
@@ -60,6 +60,8 @@ class Monitor(Launcher):
         for fd in self._child_ends:          # I has them as 0, 1, 2 now
             os.close(fd)
         self._child_ends = ()
+        self.exec_r, w = os.pipe2(os.O_CLOEXEC)     # made after I's fork: only C will hold the write end
+        self.go_fds = (w,)
 
     def _make_terminal(self, master):
         if self.detached:
@@ -68,6 +70,10 @@ class Monitor(Launcher):
 
     def _watched(self):
         watched = super()._watched()
+        for fd in self.go_fds:               # sent with GO: C holds it now
+            os.close(fd)
+        self.go_fds = ()
+        watched[self.exec_r] = self._on_exec
         for fd in self.pipes:
             watched[fd] = self._on_pipe
         if self.hc is not None and self.hc["interval"] > 0:
@@ -76,8 +82,6 @@ class Monitor(Launcher):
         if self.hc is not None:
             # the timers are looked at after every event too: a busy log must not starve them
             watched = {fd: self._then_timers(handler) for fd, handler in watched.items()}
-        self.tick = 2
-        self._tick()
         return watched
 
     def _then_timers(self, handler):
@@ -87,11 +91,17 @@ class Monitor(Launcher):
             return keep
         return run
 
+    def _on_exec(self, fd):
+        try:
+            os.read(fd, 1)
+        except OSError:
+            pass
+        import select
+        if self.error is None and self.ended is None and not select.select([self.chan.fileno()], [], [], 0)[0]:
+            self._mark_started()             # else: the exec failed, or the command is over (the channel says)
+        return False
+
     def _tick(self):
-        if not self.started:
-            name = state.comm(self.c_pid)
-            if name is not None and name not in _STARTING:
-                self._mark_started()
         self._timers()
 
     # --- health checks (runtime.lifecycle.health) -------------------------------------------------------------
@@ -115,9 +125,6 @@ class Monitor(Launcher):
             from runtime.lifecycle import health
             self._end_check()
             self._health_result(health.lost(self.hc_start, "the health check's process did not report"))
-        if not self.started:
-            self.tick = 2
-            return
         nexts = [t for t in (self.kill_at, self.hc_deadline if self.hc_pid else self.hc_due) if t is not None]
         self.tick = max(1, int((min(nexts) - now) * 1000) + 1) if nexts else None
 
@@ -190,6 +197,12 @@ class Monitor(Launcher):
         for fd in list(self.pipes):
             os.close(fd)
         self.pipes = {}
+        for fd in self.go_fds:
+            os.close(fd)
+        self.go_fds = ()
+        if self.exec_r is not None:
+            os.close(self.exec_r)
+            self.exec_r = None
         for fd in self.hc_pipe or ():
             os.close(fd)
         self.hc_pipe = None
