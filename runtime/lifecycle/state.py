@@ -108,15 +108,6 @@ def start_time(pid):
     return int(fields[19])
 
 
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.find(b"(") + 1:stat.rfind(b")")].decode(errors="replace")
-
-
 def lock_held(path):
     """True while some process holds the flock on `path` (the container's monitor or its process I)."""
     import fcntl
