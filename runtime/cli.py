@@ -101,6 +101,13 @@ _RUN_OPTIONS = {
     "--entrypoint": ("entrypoint", True),
     "--log-driver": ("log_driver", True),
     "--log-opt": ("log_opt", True),
+    "--health-cmd": ("health_cmd", True),
+    "--health-interval": ("health_interval", True),
+    "--health-retries": ("health_retries", True),
+    "--health-start-period": ("health_start_period", True),
+    "--health-timeout": ("health_timeout", True),
+    "--health-on-failure": ("health_on_failure", True),
+    "--no-healthcheck": ("no_healthcheck", False),
 }
 _PIRUN_OPTIONS = {**_OPTIONS, **_RUN_OPTIONS}
 _REPEATABLE = {"env", "volume", "cap_add", "cap_drop", "publish", "security_opt", "log_opt"}
@@ -424,6 +431,14 @@ def _run_options(opts, image):
             _check_text(opts[key][0], opts[key][1])
             values[key] = opts[key][1]
     values["log_opts"] = tuple(v for _, v in opts.get("log_opt", []))
+    if any(k.startswith(("health_", "no_health")) for k in opts):
+        from runtime.lifecycle import health
+        fields, explicit = health.options(opts)
+        if explicit and not (values["detach"] or "name" in values):
+            raise SpecError(f"{opts[min(explicit)][0]}: health checks are run by a recorded container's monitor",
+                            fix="add --name NAME (foreground, as a service runs it) or -d")
+        values.update(fields)
+        values["explicit"] |= explicit
     return RunOptions(**values)
 
 

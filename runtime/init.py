@@ -208,18 +208,20 @@ class Init:
                 os.close(master)
             else:
                 chan.send(sync.SETUP)
-            chan.expect(sync.GO, "wait for the launcher")
+            _, exec_fds = chan.expect(sync.GO, "wait for the launcher")
+            for fd in exec_fds:              # the monitor's: closed by execve, which it sees as EOF
+                os.set_inheritable(fd, False)
             if spec.tty:
                 sc.attach_terminal(slave)
             sc.chdir(spec.workdir, step="workdir", fix="create it in the rootfs or choose another -w")
             keep = (chan.fileno(),) if self.parent_fd is None else (chan.fileno(), self.parent_fd)
-            sc.close_fds(*keep)
+            sc.close_fds(*keep, *exec_fds)
             drop_privileges(sc, spec.caps, spec.user, self.parent_fd)
             if spec.seccomp:
                 sc.install_seccomp()
             env = dict(spec.env)
             if spec.init:
-                reap(sc, spec.argv, env, chan)
+                reap(sc, spec.argv, env, chan, exec_fds)
             exec_command(sc, spec.argv, env)
         except BaseException as e:          # noqa: BLE001 - everything goes back to the launcher
             doing = self.doing if isinstance(self.doing, str) else step_name(self.doing)
@@ -298,7 +300,7 @@ def exec_command(sc, argv, env):
     raise ExecError(f"{name}: cannot execute: {error.strerror}", fix, exit_code=EXIT_CANNOT_EXEC)
 
 
-def reap(sc, argv, env, chan):
+def reap(sc, argv, env, chan, exec_fds=()):
     """--init: PID 1 forwards signals to the command, reaps every orphan, exits with the command's status."""
     child = os.fork()
     if child == 0:
@@ -307,6 +309,8 @@ def reap(sc, argv, env, chan):
             exec_command(sc, argv, env)
         except ExecError as e:
             sc.exit(chan.send_error(e, "start the command"))
+    for fd in exec_fds:                      # the command's exec closes its copy
+        os.close(fd)
     sc.set_name("pirun-reaper")
     chan.close()
 

@@ -51,6 +51,7 @@ class Ended(Record):
 class Launcher:
     tick = None                      # ms: call _tick() when nothing happened for that long (None: never)
     stdio = None                     # (stdin, stdout, stderr) fds for the container, else the caller's
+    go_fds = ()                      # fds sent to C with GO: C keeps them until its execve closes them
 
     def __init__(self, spec, hostcfg, warn):
         self.spec = spec
@@ -163,7 +164,7 @@ class Launcher:
                 raise SetupError("set up the terminal: no pseudo-terminal received")
             self.terminal = self._make_terminal(fds[0])
             self.terminal.start()
-        parent.send(sync.GO)
+        parent.send(sync.GO, fds=self.go_fds)
         return self._wait()
 
     # --- hooks for the monitor (runtime.lifecycle.monitor) ------------------------------------------------

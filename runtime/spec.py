@@ -116,9 +116,16 @@ class RunOptions(Record):
     """What `pirun run` adds to a Spec: the image and the container's lifecycle. None/False: not given.
     `explicit` names the options the user gave that an image's config would otherwise decide
     (workdir, env, user, entrypoint); `env_names` the variables given with -e; `rootfs_overlay`: --rootfs DIR:O
-    (DIR is the read-only lower layer of a throwaway overlay)."""
+    (DIR is the read-only lower layer of a throwaway overlay); `replace`: --replace (a container of that name
+    goes first). health_*: podman's --health-* options (runtime.lifecycle.health: health_cmd a Test tuple,
+    durations in seconds, health_interval 0 for `disable`), each named in `explicit` when given;
+    no_healthcheck: --no-healthcheck."""
     __slots__ = ("image", "detach", "name", "remove", "replace", "platform", "pull", "user", "entrypoint",
-                 "log_driver", "log_opts", "explicit", "env_names", "rootfs_overlay")
+                 "log_driver", "log_opts", "explicit", "env_names", "rootfs_overlay", "health_cmd",
+                 "health_interval", "health_retries", "health_start_period", "health_timeout", "health_on_failure",
+                 "no_healthcheck")
     _defaults = {"image": None, "detach": False, "name": None, "remove": False, "replace": False, "platform": None,
-                 "pull": None, "user": None, "entrypoint": None, "log_driver": None, "log_opts": (), "explicit": frozenset(),
-                 "env_names": frozenset(), "rootfs_overlay": False}
+                 "pull": None, "user": None, "entrypoint": None, "log_driver": None, "log_opts": (),
+                 "explicit": frozenset(), "env_names": frozenset(), "rootfs_overlay": False, "health_cmd": None,
+                 "health_interval": None, "health_retries": None, "health_start_period": None,
+                 "health_timeout": None, "health_on_failure": None, "no_healthcheck": False}

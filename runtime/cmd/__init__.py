@@ -38,6 +38,7 @@ COMMANDS = {
     "wait": "containers:wait",
     "inspect": "containers:inspect",
     "stats": "containers:stats",
+    "healthcheck run": "containers:healthcheck_run",
 }
 
 HELP = f"""{USAGE}
@@ -45,7 +46,7 @@ HELP = f"""{USAGE}
 Rootless containers for ordinary users, with podman's command names, options and exit codes.
 
 Images:      pull, load, import, images, rmi, image prune, image inspect, system df
-Containers:  run, ps, logs, exec, stop, kill, rm, wait, inspect, stats
+Containers:  run, ps, logs, exec, stop, kill, rm, wait, inspect, stats, healthcheck run
 
 Global options:
   --root DIR      image and container store (default $XDG_DATA_HOME/pirun, ~/.local/share/pirun)

@@ -113,10 +113,18 @@ def human_duration(seconds):
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
+def health_status(c):
+    """starting | healthy | unhealthy for a running container with a health check, else ""."""
+    if c.status != "running" or not c.config.get("healthcheck"):
+        return ""
+    return (c.state.get("health") or {}).get("Status") or "starting"
+
+
 def status_text(c, now):
     st = c.status
     if st == "running":
-        return f"Up {human_duration(now - (c.state.get('started_at') or now))}"
+        health = health_status(c)
+        return f"Up {human_duration(now - (c.state.get('started_at') or now))}" + (f" ({health})" if health else "")
     if st == "exited":
         finished = c.state.get("finished_at")
         when = f" {human_duration(now - finished)} ago" if finished else ""
@@ -187,7 +195,7 @@ def _ps_json(c, now):
             "State": c.status, "Status": status_text(c, now), "ExitCode": c.exit_code or 0,
             "Exited": c.status == "exited", "Pid": c.pid() or 0,
             "StartedAt": int(st.get("started_at") or 0), "ExitedAt": int(st.get("finished_at") or 0),
-            "Ports": cfg.get("ports", []), "AutoRemove": bool(cfg.get("remove"))}
+            "Ports": cfg.get("ports", []), "AutoRemove": bool(cfg.get("remove")), "Health": health_status(c)}
 
 
 # --- signals, stop, kill, wait ------------------------------------------------------------------------------------
@@ -430,7 +438,8 @@ def inspect_data(c):
                   "Error": st.get("error") or ("" if status != "exited" or st.get("status") == "exited"
                                                 else "the container's monitor was killed (SIGKILL)"),
                   "OOMKilled": bool(st.get("oom")), "StartedAt": _iso(st.get("started_at")),
-                  "FinishedAt": _iso(st.get("finished_at")) if status == "exited" else _iso(None)},
+                  "FinishedAt": _iso(st.get("finished_at")) if status == "exited" else _iso(None),
+                  **_health_inspect(c)},
         "Image": cfg.get("image", ""),
         "ImageName": cfg.get("image", ""),
         "Rootfs": cfg.get("rootfs", ""),
@@ -448,8 +457,30 @@ def inspect_data(c):
                        "Init": bool(cfg.get("init")), "CgroupPath": st.get("cgroup") or ""},
         "Config": {"Hostname": cfg.get("hostname"), "Env": [f"{k}={v}" for k, v in cfg.get("env", ())],
                    "Cmd": cmd, "WorkingDir": cfg.get("workdir"), "Tty": bool(cfg.get("tty")),
-                   "StopSignal": cfg.get("stop_signal") or 15},
+                   "StopSignal": cfg.get("stop_signal") or 15, **_healthcheck_config(cfg)},
     }
+
+
+def _health_inspect(c):
+    """State.Health as podman shows it: {Status, FailingStreak, Log: [{Start, End, ExitCode, Output}]}."""
+    if not c.config.get("healthcheck"):
+        return {}
+    h = c.state.get("health") or {}
+    status = health_status(c) or h.get("Status") or ""
+    return {"Health": {"Status": status, "FailingStreak": h.get("FailingStreak", 0),
+                       "Log": [{"Start": _iso(e.get("Start")), "End": _iso(e.get("End")),
+                                "ExitCode": e.get("ExitCode"), "Output": e.get("Output", "")}
+                               for e in h.get("Log") or ()]}}
+
+
+def _healthcheck_config(cfg):
+    hc = cfg.get("healthcheck")
+    if not hc:
+        return {}
+    return {"Healthcheck": {"Test": hc["test"], "Interval": int(hc["interval"] * 1e9),
+                            "Timeout": int(hc["timeout"] * 1e9), "Retries": hc["retries"],
+                            "StartPeriod": int(hc["start_period"] * 1e9)},
+            "HealthcheckOnFailureAction": hc["on_failure"]}
 
 
 def _template(fmt, data):
@@ -634,6 +665,39 @@ def exec_(argv, ctx):
                        fix=f"{args[0]} is {c.status}; see pirun ps -a")
     from runtime.lifecycle import exec as X
     return X.run(c, args[1:], opts)
+
+
+# --- healthcheck run ----------------------------------------------------------------------------------------------
+HEALTHCHECK_USAGE = "pirun healthcheck run NAME|ID"
+
+
+@_command
+def healthcheck_run(argv, ctx):
+    """Run the container's health check once now, as its monitor does, and record the result: exit 0 when it
+    passed, 1 (printing "unhealthy") when it failed, 125 when there is no check to run."""
+    _, args = _parse(argv, {}, HEALTHCHECK_USAGE)
+    if len(args) != 1:
+        raise SpecError("healthcheck run takes one container", fix=HEALTHCHECK_USAGE)
+    c = state.lookup(ctx, args[0])
+    hc = c.config.get("healthcheck")
+    if not hc:
+        raise PirunError(f"container {c.id[:12]} has no defined healthcheck",
+                         fix=f"give the check when starting it: pirun run --health-cmd CMD --name {c.name} ...")
+    if c.status != "running":
+        raise Improper(f"container {c.id[:12]} is not running: container state improper",
+                       fix=f"{args[0]} is {c.status}; see pirun ps -a")
+    from runtime.lifecycle import health
+    result = health.run_check(c, hc)
+    now = health.record(c, hc, result)
+    if now is not None and now["Status"] == "unhealthy":
+        if hc["on_failure"] == "kill":
+            _kill_now(c)
+        elif hc["on_failure"] == "stop":
+            stop_container(c, int(health.STOP_TIMEOUT))
+    if result["ExitCode"] != 0:
+        sys.stdout.write("unhealthy\n")
+        return 1
+    return 0
 
 
 # --- stats -------------------------------------------------------------------------------------------------------

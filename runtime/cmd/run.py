@@ -49,7 +49,8 @@ def main(argv, ctx):
     try:
         code = run_container(ctx, spec, hostcfg, opts, container_id,
                              hold=(layer.hand_over(),) if layer is not None else (),
-                             stop_signal=layer.stop_signal if layer is not None else None)
+                             stop_signal=layer.stop_signal if layer is not None else None,
+                             image_health=layer.healthcheck if layer is not None else None)
         started = True
         return code
     finally:

@@ -5,6 +5,9 @@ Entrypoint + Cmd: the command is ENTRYPOINT followed by the user's COMMAND or el
 --entrypoint replaces the image's and drops its Cmd. WorkingDir unless -w. User (numeric, or names from the
 image's /etc/passwd and /etc/group) unless -u; HOME follows the user's passwd entry unless given.
 StopSignal is returned for the container's record (the lifecycle commands use it).
+Healthcheck ({Test, Interval, Timeout, Retries, StartPeriod}, durations in nanoseconds) is returned by
+`healthcheck` for the container's monitor; --health-* and --no-healthcheck override it
+(runtime.lifecycle.health.merge).
 """
 import os
 
@@ -139,3 +142,19 @@ def apply(spec, opts, config, lowers):
             env["HOME"] = home
     spec = spec.replace(argv=tuple(argv), env=tuple(env.items()), workdir=workdir, user=user)
     return spec, cfg.get("StopSignal")
+
+
+def healthcheck(config):
+    """The image's Healthcheck as written (only well-typed fields), or None."""
+    hc = ((config or {}).get("config") or {}).get("Healthcheck")
+    if not isinstance(hc, dict):
+        return None
+    out = {}
+    test = hc.get("Test")
+    if isinstance(test, list) and all(isinstance(t, str) for t in test):
+        out["Test"] = list(test)
+    for key in ("Interval", "Timeout", "Retries", "StartPeriod"):
+        value = hc.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    return out or None

@@ -26,6 +26,7 @@ class WritableLayer:
         self.lock_fd = lock_fd          # the flock; keep it open as long as the container lives
         self.dir_fd = dir_fd            # ROOT/containers, passed to process I for the removal
         self.stop_signal = None         # the image's StopSignal, as written there ("SIGQUIT", "3")
+        self.healthcheck = None         # the image's Healthcheck (runtime.image.config.healthcheck)
 
     def hand_over(self):
         """The lock fd, now the caller's to keep open while the container lives and to close."""
@@ -87,10 +88,11 @@ def prepare(ctx, spec, opts, container_id, remove_on_exit=True, warn=None):
         lowers = [_empty(store)]
     if spec.read_only and len(lowers) == 1:
         lowers.append(_empty(store))                 # overlayfs needs two lower layers without an upper
-    stop_signal = None
+    stop_signal = healthcheck = None
     if rec is not None:
         from runtime.image import config
         spec, stop_signal = config.apply(spec, opts, rec["config"], lowers)
+        healthcheck = config.healthcheck(rec["config"])
     path = f"{store.containers}/{container_id}"
     lock = store.shared()
     dir_fd = lock_fd = None
@@ -121,6 +123,7 @@ def prepare(ctx, spec, opts, container_id, remove_on_exit=True, warn=None):
         os.close(lock)
     layer = WritableLayer(store, container_id, lock_fd, dir_fd)
     layer.stop_signal = stop_signal
+    layer.healthcheck = healthcheck
     mkdirs = ()
     if upper is not None:
         mkdirs = tuple((v.target, os.path.isdir(v.host)) for v in spec.volumes)

@@ -81,10 +81,14 @@ class Exec(Launcher):
             pid = os.fork()
             if pid == 0:
                 parent.close()
+                if self.stdio is not None:                   # a health check's output pipe (health.py)
+                    for target, fd in enumerate(self.stdio):
+                        os.dup2(fd, target)
                 _enter(child, me, pidfd, flags, self, cfg, null)          # never returns
                 os._exit(125)
             self.i_pid = pid
             child.close()
+            self._after_fork()
             os.close(pidfd)
             pidfd = None
             if null is not None:
@@ -109,6 +113,18 @@ class Exec(Launcher):
                 os.close(pidfd)
             self._cleanup()
 
+    def _cleanup(self):
+        if self.i_pid is not None and self.c_pid is not None and self.ended is None:
+            # Y still runs (an error or a timeout on this side): end it and let X reap it and exit, rather
+            # than SIGKILL X and orphan Y (see _enter)
+            _kill(self.c_pid, _signal.SIGKILL)
+            try:
+                os.waitpid(self.i_pid, 0)
+            except ChildProcessError:
+                pass
+            self.i_pid = None
+        super()._cleanup()
+
 
 def _join_cgroup(leaf, pid):
     from runtime.errors import CgroupError
@@ -125,6 +141,7 @@ def _join_cgroup(leaf, pid):
 
 def _enter(chan, parent, pidfd, flags, x, cfg, null):
     """Process X; never returns."""
+    pid = None
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL, step="set the parent-death signal")
         if os.getppid() != parent:
@@ -155,7 +172,16 @@ def _enter(chan, parent, pidfd, flags, x, cfg, null):
         os.write(hold_w, b"G")
         os.close(hold_w)
     except BaseException as e:                       # noqa: BLE001 - reported to the host side
-        os._exit(chan.send_error(e))
+        code = chan.send_error(e)
+        if pid is not None:
+            # Y must not outlive X unreaped: an orphan's zombie in the container's PID namespace would keep
+            # the container's PID 1 from finishing its exit until some subreaper collects it
+            _kill(pid, _signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        os._exit(code)
     while True:
         try:
             _, status = os.waitpid(pid, 0)

@@ -12,17 +12,16 @@ The monitor owns the network helper, the cgroup, the log and the exit status; it
 (state.py) for its whole life. Its container dies with it (the launcher's parent-death chain), so `kill -9`
 of the monitor leaves nothing running, and the free lock makes the record read as exited.
 
-"Started" is when the container's PID 1 has exec'd the command: its name in /proc/PID/stat changes from
-pirun-init; the monitor looks every 2 ms during start-up only (an exec leaves no other trace the launcher can
-wait on without changing the container side). A container that fails to start leaves no record.
+"Started" is when the container's PID 1 has exec'd the command: the monitor sends C the write end of a pipe
+with GO (Launcher.go_fds); C keeps it, close-on-exec, until its execve (with --init: the command's), so the
+read end's EOF in the monitor's loop is the exec, with no polling. An EOF with a message waiting on the channel
+is a failed exec (the error is sent before the fd closes). A container that fails to start leaves no record.
 """
 import os
 
 from runtime.errors import PirunError
 from runtime.launcher import Launcher
 from runtime.lifecycle import logs, state
-
-_STARTING = ("pirun-ns", "pirun-init")
 
 
 class Monitor(Launcher):
@@ -37,6 +36,15 @@ class Monitor(Launcher):
         self.log = None
         self.pipes = {}                      # read end -> (stream, Lines)
         self._child_ends = ()
+        self.hc = container.config.get("healthcheck")   # the health check (runtime.lifecycle.health), or None
+        self.hc_pid = None                   # the process running a check now
+        self.hc_due = None                   # monotonic time of the next check
+        self.hc_deadline = None              # ... and of giving up on the running one
+        self.hc_start = None
+        self.hc_pipe = None                  # (read, write): results of the checks, one marshalled dict each
+        self.kill_at = None                  # on-failure=stop: SIGKILL at this monotonic time
+        self.c_pidfd = None
+        self.exec_r = None                   # EOF once C has exec'd the command (go_fds)
         if detached:
             self.log = logs.open_log(container.config)
             null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
@@ -52,6 +60,8 @@ class Monitor(Launcher):
         for fd in self._child_ends:          # I has them as 0, 1, 2 now
             os.close(fd)
         self._child_ends = ()
+        self.exec_r, w = os.pipe2(os.O_CLOEXEC)     # made after I's fork: only C will hold the write end
+        self.go_fds = (w,)
 
     def _make_terminal(self, master):
         if self.detached:
@@ -60,16 +70,119 @@ class Monitor(Launcher):
 
     def _watched(self):
         watched = super()._watched()
+        for fd in self.go_fds:               # sent with GO: C holds it now
+            os.close(fd)
+        self.go_fds = ()
+        watched[self.exec_r] = self._on_exec
         for fd in self.pipes:
             watched[fd] = self._on_pipe
-        self.tick = 2
-        self._tick()
+        if self.hc is not None and self.hc["interval"] > 0:
+            self.hc_pipe = os.pipe2(os.O_CLOEXEC)
+            watched[self.hc_pipe[0]] = self._on_health
+        if self.hc is not None:
+            # the timers are looked at after every event too: a busy log must not starve them
+            watched = {fd: self._then_timers(handler) for fd, handler in watched.items()}
         return watched
 
+    def _then_timers(self, handler):
+        def run(fd):
+            keep = handler(fd)
+            self._timers()
+            return keep
+        return run
+
+    def _on_exec(self, fd):
+        try:
+            os.read(fd, 1)
+        except OSError:
+            pass
+        import select
+        if self.error is None and self.ended is None and not select.select([self.chan.fileno()], [], [], 0)[0]:
+            self._mark_started()             # else: the exec failed, or the command is over (the channel says)
+        return False
+
     def _tick(self):
-        name = state.comm(self.c_pid)
-        if name is not None and name not in _STARTING:
-            self._mark_started()
+        self._timers()
+
+    # --- health checks (runtime.lifecycle.health) -------------------------------------------------------------
+    def _timers(self):
+        """Start a check that is due, give up on one that overran, carry out a pending SIGKILL; then set the
+        loop's poll timeout to the next of them."""
+        if self.hc is None:
+            return
+        import time
+        now = time.monotonic()
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            self._signal_pid1(9)
+        if self.hc_pid is None and self.hc_due is not None and now >= self.hc_due and self.ended is None:
+            from runtime.lifecycle import health
+            self.hc_start = time.time()
+            self.hc_pid = health.spawn(self.ctx, self.container.id, self.hc, self.hc_pipe[1])
+            self.hc_due = None
+            self.hc_deadline = now + self.hc["timeout"] + 5.0     # the check keeps its own timeout
+        if self.hc_pid is not None and now >= self.hc_deadline:
+            from runtime.lifecycle import health
+            self._end_check()
+            self._health_result(health.lost(self.hc_start, "the health check's process did not report"))
+        nexts = [t for t in (self.kill_at, self.hc_deadline if self.hc_pid else self.hc_due) if t is not None]
+        self.tick = max(1, int((min(nexts) - now) * 1000) + 1) if nexts else None
+
+    def _on_health(self, fd):
+        import marshal
+        try:
+            data = os.read(fd, 65536)
+            result = marshal.loads(data)
+        except (OSError, EOFError, ValueError, TypeError):
+            result = None
+        if self.hc_pid is None:
+            return True                      # a late result of a check given up on
+        self._end_check()
+        if not isinstance(result, dict):
+            from runtime.lifecycle import health
+            result = health.lost(self.hc_start, "the health check's process sent no result")
+        self._health_result(result)
+        return True
+
+    def _end_check(self):
+        """Reap the check's process (it exits right after its result; SIGKILL if it has not)."""
+        import _signal
+        pid, self.hc_pid, self.hc_deadline = self.hc_pid, None, None
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                os.kill(pid, _signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _health_result(self, result):
+        import time
+        from runtime.lifecycle import health
+        self.hc_due = time.monotonic() + self.hc["interval"]
+        try:
+            now = health.record(self.container, self.hc, result)
+        except OSError:
+            now = None                       # the record is gone (pirun rm -f on its way)
+        if now is None or now["Status"] != "unhealthy":
+            return
+        action = self.hc["on_failure"]
+        if action == "kill":
+            self._signal_pid1(9)
+        elif action == "stop" and self.kill_at is None:
+            import _signal
+            self._on_signal(self.container.config.get("stop_signal") or _signal.SIGTERM, None)
+            self.kill_at = time.monotonic() + health.STOP_TIMEOUT
+
+    def _signal_pid1(self, sig):
+        """Through a pidfd taken when the command started: never a recycled PID."""
+        if self.c_pidfd is None:
+            return
+        import _signal
+        try:
+            _signal.pidfd_send_signal(self.c_pidfd, sig)
+        except OSError:
+            pass
 
     def _finish(self, ended):
         self._drain_pipes()
@@ -78,10 +191,24 @@ class Monitor(Launcher):
         return super()._finish(ended)
 
     def _cleanup(self):
+        if self.hc_pid is not None:
+            self._end_check()
         super()._cleanup()
         for fd in list(self.pipes):
             os.close(fd)
         self.pipes = {}
+        for fd in self.go_fds:
+            os.close(fd)
+        self.go_fds = ()
+        if self.exec_r is not None:
+            os.close(self.exec_r)
+            self.exec_r = None
+        for fd in self.hc_pipe or ():
+            os.close(fd)
+        self.hc_pipe = None
+        if self.c_pidfd is not None:
+            os.close(self.c_pidfd)
+            self.c_pidfd = None
 
     # --- log ---------------------------------------------------------------------------------------------------
     def _on_pipe(self, fd):
@@ -125,9 +252,21 @@ class Monitor(Launcher):
         self.started = True
         self.tick = None
         me = os.getpid()
+        extra = {}
+        if self.hc is not None and self.ended is None:
+            from runtime.lifecycle import health
+            import time
+            extra["health"] = health.initial()
+            try:
+                self.c_pidfd = os.pidfd_open(self.c_pid)
+            except OSError:
+                pass
+            if self.hc["interval"] > 0:
+                self.hc_due = time.monotonic() + self.hc["interval"]
+                self.tick = max(1, int(self.hc["interval"] * 1000))
         self.container.update(status="running", pid=self.c_pid, pid_start=state.start_time(self.c_pid),
                               monitor_pid=me, monitor_pid_start=state.start_time(me), started_at=state.now(),
-                              cgroup=self.cgroup.leaf if self.cgroup is not None else None)
+                              cgroup=self.cgroup.leaf if self.cgroup is not None else None, **extra)
         self._tell("started")
 
     def _tell(self, message):
@@ -216,11 +355,12 @@ class _LogTerminal:
 
 
 # --- starting a recorded container --------------------------------------------------------------------------------
-def run_container(ctx, spec, hostcfg, opts, cid, hold=(), stop_signal=None):
+def run_container(ctx, spec, hostcfg, opts, cid, hold=(), stop_signal=None, image_health=None):
     """`pirun run -d` / `pirun run --name`: record the container, then run its monitor (forked and detached
     with -d, in this process without). `hold`: fds that must stay open while the container lives (the image's
     writable-layer lock), run_container's to close from here on: the monitor has them (a fork inherits them) until it exits; the container's
-    intermediate process too, so they are closed exactly when nothing of the container is left."""
+    intermediate process too, so they are closed exactly when nothing of the container is left.
+    `image_health`: the image's Healthcheck (runtime.image.config.healthcheck), under the --health-* options."""
     driver, max_size = logs.parse_options(opts.log_driver, opts.log_opts)
     if opts.detach and driver == "journald":
         logs.check_journal()
@@ -228,6 +368,9 @@ def run_container(ctx, spec, hostcfg, opts, cid, hold=(), stop_signal=None):
     log_dir = f"{ctx.root}/logs/{cid}" if opts.detach and driver == "k8s-file" else None
     log_path = f"{log_dir}/ctr.log" if log_dir else None
     config = _config(spec, opts, driver if opts.detach else "passthrough", max_size, log_path)
+    if image_health is not None or any(k.startswith("health_") for k in opts.explicit) or opts.no_healthcheck:
+        from runtime.lifecycle import health
+        config["healthcheck"] = health.merge(opts, image_health)
     if stop_signal:
         from runtime.cmd.containers import parse_signal
         config["stop_signal"] = parse_signal(str(stop_signal))
@@ -348,6 +491,7 @@ def _config(spec, opts, driver, max_size, log_path):
         "remove": opts.remove,
         "detached": opts.detach,
         "stop_signal": None,                 # an image's StopSignal (run_container)
+        "healthcheck": None,                 # runtime.lifecycle.health's {test, interval, ...} (run_container)
         "user": list(spec.user) if spec.user else None,     # uid, gid: what exec runs as without -u
         "argv0": sys.argv[0] if sys.argv else "pirun",
     }

@@ -108,15 +108,6 @@ def start_time(pid):
     return int(fields[19])
 
 
-def comm(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.find(b"(") + 1:stat.rfind(b")")].decode(errors="replace")
-
-
 def lock_held(path):
     """True while some process holds the flock on `path` (the container's monitor or its process I)."""
     import fcntl
@@ -196,11 +187,39 @@ class Container:
         return fd
 
     def update(self, **changes):
-        """Read-modify-write of the state record (only its monitor, or rm/create, call this)."""
-        state = read_record(f"{self.dir}/state") or {}
-        state.update(changes)
+        """Read-modify-write of the state record, under the container's lock (its monitor; `pirun
+        healthcheck run` adds health results)."""
+        with self.locked():
+            state = self.reload()
+            state.update(changes)
+            self.write_state(state)
+
+    def locked(self):
+        """An flock on the container's directory for a read-modify-write of its state record."""
+        return _DirLock(self.dir)
+
+    def reload(self):
+        self.state = read_record(f"{self.dir}/state") or {}
+        return self.state
+
+    def write_state(self, state):
         write_record(f"{self.dir}/state", state)
         self.state = state
+
+
+class _DirLock:
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
 
 
 # --- names --------------------------------------------------------------------------------------------------
