@@ -73,13 +73,7 @@ def intermediate(spec, plan, chan, launcher_pid, unshare_net):
         # An unnamed container's writable layer goes with it: I is root of the user namespace, the only
         # place where files of every mapped ID can be removed, and the launcher is waiting for the status.
         remove_layer_at(*remove)
-    try:
-        if os.WIFSIGNALED(status):
-            chan.send(sync.SIGNAL, os.WTERMSIG(status))
-        else:
-            chan.send(sync.EXIT, os.WEXITSTATUS(status))
-    except OSError:
-        pass
+    chan.send_status(status)
     os._exit(0)
 
 

@@ -83,6 +83,17 @@ class Channel:
             raise errors.SetupError(f"{stage}: the container process ended unexpectedly")
         raise errors.SetupError(f"{stage}: unexpected message {got.decode(errors='replace')}")
 
+    def send_status(self, status):
+        """EXIT code or SIGNAL number of a waitpid status: how the container's (or exec's) process ended.
+        The host side may be gone already: nothing to tell then."""
+        try:
+            if os.WIFSIGNALED(status):
+                self.send(SIGNAL, os.WTERMSIG(status))
+            else:
+                self.send(EXIT, os.WEXITSTATUS(status))
+        except OSError:
+            pass
+
     def send_error(self, exc, step=None):
         """Send `exc` as an ERROR message; returns the exit code the sending process should exit with.
         `step` names what was being done, for an OSError that does not say it."""

@@ -190,13 +190,7 @@ def _enter(chan, parent, pidfd, flags, x, cfg, null):
             os._exit(125)
         except InterruptedError:
             continue
-    try:
-        if os.WIFSIGNALED(status):
-            chan.send(sync.SIGNAL, os.WTERMSIG(status))
-        else:
-            chan.send(sync.EXIT, os.WEXITSTATUS(status))
-    except OSError:
-        pass
+    chan.send_status(status)
     os._exit(0)
 
 
