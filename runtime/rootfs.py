@@ -138,7 +138,11 @@ def _last_line(text):
 
 
 def _sha256(path):
-    h = hashlib.sha256()
+    return _digest(path, "sha256")
+
+
+def _digest(path, algo):
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -193,10 +197,13 @@ def fetch_debs(arch, cache, packages):
         lines = uris.stdout.splitlines() if uris.returncode == 0 else []
     for line in lines:
         fields = line.split()
-        if len(fields) >= 4 and fields[1].endswith(".deb") and fields[3].startswith("SHA256:"):
+        # apt prints the strongest hash its lists have: SHA256 from Debian's archive, SHA512 from a local
+        # repository made by apt-ftparchive
+        algo, _, digest = fields[3].partition(":") if len(fields) >= 4 else ("", "", "")
+        if fields[1:2] and fields[1].endswith(".deb") and algo in ("SHA256", "SHA512") and digest:
             pkg = fields[1].split("_", 1)[0]
             if pkg in packages:
-                wanted[pkg] = (fields[1], fields[3][7:].lower())
+                wanted[pkg] = (fields[1], algo.lower(), digest.lower())
     result, download = {}, []
     for pkg in packages:
         if pkg not in wanted:
@@ -209,9 +216,9 @@ def fetch_debs(arch, cache, packages):
                   f"using the cached {fallback}", file=sys.stderr)
             result[pkg] = fallback
             continue
-        name, sha = wanted[pkg]
+        name, algo, digest = wanted[pkg]
         path = os.path.join(cache, name)
-        if os.path.isfile(path) and _sha256(path) == sha:
+        if os.path.isfile(path) and _digest(path, algo) == digest:
             result[pkg] = path
         else:
             download.append(pkg)
@@ -219,14 +226,14 @@ def fetch_debs(arch, cache, packages):
         got = _run(["apt-get", "download", *(f"{p}:{debarch}" for p in download)],
                    f"apt-get download {' '.join(download)}", cwd=cache)
         for pkg in download:
-            name, sha = wanted[pkg]
+            name, algo, digest = wanted[pkg]
             path = os.path.join(cache, name)
-            if os.path.isfile(path) and _sha256(path) == sha:
+            if os.path.isfile(path) and _digest(path, algo) == digest:
                 result[pkg] = path
                 continue
             if os.path.isfile(path):
                 os.unlink(path)
-                raise RootfsError(f"apt-get download {pkg}:{debarch}: {name} does not match the SHA256 in "
+                raise RootfsError(f"apt-get download {pkg}:{debarch}: {name} does not match the {algo.upper()} in "
                                   f"apt's lists", fix="apt-get update and retry")
             fallback = cached(pkg)
             if fallback is None:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from runtime import rootfs as rf
 
@@ -62,3 +64,29 @@ def test_a_library_package_missing_from_the_list_names_the_soname(tmp_path):
     assert "needs libunistring.so.2, which none of the packages provides" in r.stderr, r.stderr
     assert "LIBRARY_PACKAGES" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_a_local_repository_with_sha512_lists_is_used(tmp_path, monkeypatch):
+    """apt prints the strongest hash of its lists: SHA512 for a repository made by apt-ftparchive (the VMs'
+    local repository), SHA256 for Debian's archive. A cached .deb that matches either is used as is."""
+    import hashlib
+    import subprocess
+    from runtime import arch as ar, rootfs as rf
+    debarch = ar.ARCHES[ar.normalize_arch("host")][0]
+    deb = tmp_path / f"busybox_1.35_{debarch}.deb"
+    deb.write_bytes(b"not really a deb")
+    sha512 = hashlib.sha512(deb.read_bytes()).hexdigest()
+    calls, real_run = [], rf._run
+
+    def fake_run(argv, what, fix=None, cwd=None, timeout=300):
+        if argv[0] != "apt-get":
+            return real_run(argv, what, fix=fix, cwd=cwd, timeout=timeout)
+        calls.append(argv)
+        out = f"'file:/opt/localrepo/./{deb.name}' {deb.name} 16 SHA512:{sha512}\n"
+        return subprocess.CompletedProcess(argv, 0, out if "--print-uris" in argv else "", "")
+    monkeypatch.setattr(rf, "_run", fake_run)
+    assert rf.fetch_debs(ar.normalize_arch("host"), str(tmp_path), ("busybox",)) == {"busybox": str(deb)}
+    assert all("--print-uris" in argv for argv in calls), "downloaded although the cached .deb matches"
+    deb.write_bytes(b"changed")                     # no longer matching: downloaded again (and then refused)
+    with pytest.raises(rf.RootfsError, match="SHA512"):
+        rf.fetch_debs(ar.normalize_arch("host"), str(tmp_path), ("busybox",))
