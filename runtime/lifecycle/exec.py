@@ -127,16 +127,43 @@ class Exec(Launcher):
 
 
 def _join_cgroup(leaf, pid):
+    """Move X (`pid`) into the container's cgroup leaf, so that what exec starts counts against its limits.
+
+    From an SSH login, X sits in the session's scope (user-UID.slice/session-N.scope) and the common ancestor
+    with the container's leaf (under user@UID.service) is root's: the write is refused. Then, as run.py does
+    for itself (runtime/cgroup/systemd.py), the user's manager is asked for a transient scope holding this
+    process and X, next to the container's scope: from there the move is the user's own."""
     from runtime.errors import CgroupError
-    try:
+
+    def move():
         fd = os.open(f"{leaf}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, str(pid).encode())
         finally:
             os.close(fd)
+
+    fix = "moving a process needs write access to cgroup.procs of the common ancestor"
+    try:
+        move()
+        return
+    except PermissionError as e:
+        first = e
     except OSError as e:
-        raise CgroupError(f"exec: join the container's cgroup {leaf}: {e.strerror}",
-                          fix="moving a process needs write access to cgroup.procs of the common ancestor") from None
+        raise CgroupError(f"exec: join the container's cgroup {leaf}: {e.strerror}", fix=fix) from None
+    scope_dir = os.path.dirname(leaf.rstrip("/"))
+    slice_ = os.path.basename(os.path.dirname(scope_dir))
+    from runtime.cgroup.dbus import start_transient_scope
+    me = os.getpid()
+    try:
+        start_transient_scope(f"pirun-exec-{me}-{pid}.scope", [me, pid],
+                              slice_ if slice_.endswith(".slice") else None,
+                              description=f"pirun exec into {os.path.basename(scope_dir)}")
+        move()
+    except CgroupError as e:
+        raise CgroupError(f"exec: join the container's cgroup {leaf}: {first.strerror} (and through a transient "
+                          f"scope: {e.message})", fix=fix) from None
+    except OSError as e:
+        raise CgroupError(f"exec: join the container's cgroup {leaf}: {e.strerror}", fix=fix) from None
 
 
 def _enter(chan, parent, pidfd, flags, x, cfg, null):
