@@ -250,13 +250,7 @@ def loaded(root, test_layout):
 
 
 # --- a local registry (Debian's docker-registry) ----------------------------------------------------------
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from net_helpers import free_port  # noqa: E402,F401  (one way to pick a free loopback port; test_registry uses it)
 
 
 class Registry:
