@@ -13,6 +13,8 @@
 # a flat local apt repository in /opt/localrepo with the packages the roles install and their dependencies
 # (skopeo and fuse-overlayfs among them; the VM has no way out).
 # The image directory is keyed by a hash of this file, so any change of recipe rebuilds and reruns reuse it.
+# docker-registry, apache2-utils (htpasswd) and openssl serve the pirun_registry role; the arm64 image also holds
+# busybox-static:armhf (/opt/localrepo/compat/) for a 32-bit rootfs.
 # Cache: $PIRUN_VM_CACHE (default ~/.cache/pirun/vm). Runs as root (debootstrap, chroot).
 set -euo pipefail
 
@@ -36,7 +38,13 @@ print(" ".join(tool_packages()))')
 # The roles' packages are installed by apt (their dependencies come along); the rootfs builder's are fetched by
 # name with `apt-get download` (no dependencies, and busybox and busybox-static conflict as installed packages).
 localrepo_packages="slirp4netns passt uidmap python3-pyroute2 skopeo fuse-overlayfs busybox-static libcap2-bin acl
-dbus-user-session libpam-systemd"
+dbus-user-session libpam-systemd docker-registry apache2-utils openssl"
+# The 32-bit userland of the architecture (AArch32 on arm64): its busybox-static .deb, for the rootfs of the
+# compat-ABI check in verify.
+case $arch in
+    arm64) compat_arch=armhf ;;
+    *) compat_arch= ;;
+esac
 base_packages="systemd-sysv,udev,dbus,dbus-user-session,libpam-systemd,openssh-server,python3,python3-apt,sudo,\
 ca-certificates,iproute2,procps,kmod"
 
@@ -161,6 +169,15 @@ mkdir -p "$root/opt/localrepo"
 done)
 in_root sh -c "cd /opt/localrepo && apt-get download -q $(echo $rootfs_packages)" >>"$work/apt.log" 2>&1 \
     || { tail -30 "$work/apt.log" >&2; exit 1; }
+if [ -n "$compat_arch" ]; then
+    # Outside the flat repository (apt would see a foreign architecture): a plain file for `runtime.rootfs --deb`.
+    mkdir -p "$root/opt/localrepo/compat"
+    { in_root dpkg --add-architecture "$compat_arch"
+      in_root apt-get update -q
+      in_root sh -c "cd /opt/localrepo/compat && apt-get download -q busybox-static:$compat_arch"
+      in_root dpkg --remove-architecture "$compat_arch"
+    } >>"$work/apt.log" 2>&1 || { tail -30 "$work/apt.log" >&2; exit 1; }
+fi
 mv "$root"/var/cache/apt/archives/*.deb "$root/opt/localrepo/" 2>/dev/null || true
 (cd "$root/opt/localrepo" && apt-ftparchive packages . >Packages 2>/dev/null && gzip -9kf Packages)
 echo 'deb [trusted=yes] file:/opt/localrepo ./' >"$root/etc/apt/sources.list"
