@@ -208,7 +208,7 @@ def test_the_registry_serves_tls_and_htpasswd_and_takes_a_push(tmp_path, lab):
     lines = dict(line.split(":", 1) for line in (etc / "htpasswd").read_text().split())
     v2 = dict(v, pirun_registry_users=[{"name": "lab", "password": "lab-secret-1"}, {"name": "ci", "password": "new-ci"}])
     third = ansible_playbook(tmp_path, role_tasks(tmp_path, v2, "tls", "users", "config"), name="third.yml")
-    assert changed_tasks(third) == ["Write the users whose password does not verify (bcrypt)"], changed_tasks(third)
+    assert changed_tasks(third) == ["Write the users that are missing or whose password does not verify (bcrypt)"], changed_tasks(third)
     assert recap(third)["changed"] == 1
     after = {p.name: sha(p) for p in etc.iterdir()}
     assert {n for n in files if files[n] != after[n]} == {"htpasswd"}
