@@ -80,15 +80,18 @@ def format_duration(seconds):
 
 def parse_test(name, text):
     """--health-cmd: a shell string, podman's JSON array (["CMD", "arg"] / ["CMD-SHELL", "string"] / a bare
-    array: run as given), or `none` -> the Test list."""
+    array: run as given), or `none` -> the Test list. As podman, text that is not JSON is a shell string, even
+    when it starts with "[" (`[ -e /ready ]`); a JSON value that is not an array of strings is refused."""
     if text.lower() == "none":
         return ("NONE",)
+    value = None
     if text.startswith("["):
         import json
         try:
             value = json.loads(text)
         except ValueError:
-            value = None
+            value = None                                 # `[ -e /ready ]`: the shell's test command
+    if value is not None:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
             raise SpecError(f"{name} {text!r}: expected a command or a JSON array of strings",
                             fix='e.g. --health-cmd \'["CMD", "test", "-e", "/ready"]\'')

@@ -69,6 +69,14 @@ def test_the_json_array_form_runs_without_a_shell(pirun):
     assert h["Log"][-1]["Output"] == "$HOME a  b\n"
 
 
+def test_a_shell_command_starting_with_a_bracket_is_a_shell_string(pirun):
+    """podman: text that is not a JSON array goes to /bin/sh -c, the shell's `[` included."""
+    pirun.detach("sleep", "300", name="br", extra=["--health-cmd", "[ -e /etc/passwd ] && echo yes", *FAST])
+    h = wait_health(pirun, "br", "healthy")
+    assert h["Log"][-1]["Output"] == "yes\n"
+    assert pirun.inspect("br")["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL", "[ -e /etc/passwd ] && echo yes"]
+
+
 def test_a_failing_check_is_unhealthy_after_exactly_retries_failures(pirun):
     pirun.detach("sleep", "300", name="steps", extra=["--health-cmd", "exit 2", "--health-retries", "3",
                                                       "--health-interval", "disable"])
