@@ -1,10 +1,10 @@
 #!/usr/bin/python3
 """Write a two-layer OCI image archive (`oci-archive:`: a tar of an OCI image layout) from a rootfs directory.
 
-    oci-archive.py ROOTFS OUT.tar --ref localhost/NAME:TAG --arch amd64|arm64 [--file /PATH=TEXT ...]
+    oci-archive.py ROOTFS OUT.tar --ref localhost/NAME:TAG --arch amd64|arm64 [--file /PATH=TEXT ...] [--cmd JSON]
 
 Layer 1 is ROOTFS (every member owned by 0:0, as root inside the container sees it), layer 2 holds the
---file entries. The config sets Env PATH, Cmd /bin/sh and WorkingDir /; the index names the manifest with
+--file entries. The config sets Env PATH, Cmd (/bin/sh, or --cmd's JSON array) and WorkingDir /; the index names the manifest with
 `org.opencontainers.image.ref.name` (what `skopeo copy oci-archive:OUT.tar ...` and `podman load` read).
 Standard library only, so that the molecule controller needs nothing more. Written to OUT.tar.tmp, then
 renamed: a killed run leaves no half archive under the final name.
@@ -75,7 +75,7 @@ def digest(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def build(rootfs, files, ref, arch):
+def build(rootfs, files, ref, arch, cmd=("/bin/sh",)):
     """Returns {blob path in the layout: bytes} for the whole OCI layout."""
     blobs = {}
 
@@ -93,7 +93,7 @@ def build(rootfs, files, ref, arch):
         "architecture": arch,
         "os": "linux",
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+                   "Cmd": list(cmd), "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": f"busybox rootfs {os.path.basename(os.path.abspath(rootfs))}"},
                     {"created_by": "oci-archive.py --file " + " ".join(p for p, _ in files)}],
@@ -135,7 +135,15 @@ def main(argv=None):
     ap.add_argument("--ref", required=True, help="name in the index, e.g. localhost/pirun-verify:latest")
     ap.add_argument("--arch", required=True, choices=["amd64", "arm64"])
     ap.add_argument("--file", action="append", default=[], metavar="/PATH=TEXT", help="a file of layer 2")
+    ap.add_argument("--cmd", default='["/bin/sh"]', metavar="JSON", help='the image\'s Cmd, e.g. \'["httpd", "-f"]\'')
     args = ap.parse_args(argv)
+    try:
+        cmd = json.loads(args.cmd)
+    except ValueError:
+        cmd = None
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+        print(f"oci-archive: error: --cmd {args.cmd!r}: expected a JSON array of strings", file=sys.stderr)
+        return 2
     if not os.path.isfile(os.path.join(args.rootfs, "bin", "busybox")):
         print(f"oci-archive: error: {args.rootfs} is not a busybox rootfs (no bin/busybox); "
               "fix: run scripts/setup (it builds rootfs_host/ and rootfs_arm/)", file=sys.stderr)
@@ -147,7 +155,7 @@ def main(argv=None):
             print(f"oci-archive: error: --file {spec!r}: expected /PATH=TEXT", file=sys.stderr)
             return 2
         files.append((path, text.replace("\\n", "\n")))
-    blobs = build(args.rootfs, files, args.ref, args.arch)
+    blobs = build(args.rootfs, files, args.ref, args.arch, cmd)
     write_archive(args.out, blobs)
     print(f"{args.out}: {args.ref} ({args.arch}), {sum(len(b) for b in blobs.values())} bytes of blobs")
     return 0

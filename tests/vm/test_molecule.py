@@ -10,10 +10,15 @@ molecule/shared/verify_cgroup.yml, no leftovers), destroy. PIRUN_MOLECULE_VERIFY
 load/run tasks.
 rpi: the same VM dressed up as a Raspberry Pi (fake device tree model and /boot/firmware/cmdline.txt): the
 cmdline edit, its idempotence and exactly one reboot by the handler.
-PIRUN_MOLECULE_SCENARIOS picks the scenarios (default: "default rpi"; "arm64" runs the arm64 VM, ~2.5x slower).
+fleet: two VMs booted at once on a private LAN, the lab registry on one, two services declared on both (see
+molecule/fleet/molecule.yml).
+PIRUN_MOLECULE_SCENARIOS picks the scenarios (default: "fleet default rpi"; "arm64" runs the arm64 VM, ~2.5x
+slower). PIRUN_MOLECULE_JOBS scenarios run at once (default 2: the longest, fleet, beside default then rpi); all
+are started when the first of these tests runs, and each test waits for its own.
 Each molecule log streams to .cache/molecule-SCENARIO.log (directory: PIRUN_MOLECULE_LOG_DIR); a failure shows
 its tail. A missing prerequisite is a failure that names it, never a skip.
 """
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -27,11 +32,12 @@ pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
-SCENARIOS = os.environ.get("PIRUN_MOLECULE_SCENARIOS", "default rpi").split()
+SCENARIOS = os.environ.get("PIRUN_MOLECULE_SCENARIOS", "fleet default rpi").split()
+JOBS = max(1, int(os.environ.get("PIRUN_MOLECULE_JOBS", "2")))
 LOG_DIR = Path(os.environ.get("PIRUN_MOLECULE_LOG_DIR", REPO / ".cache"))
-# Cold image build (~1.5 min) + boot + converge + idempotence + verify + destroy is ~10 min on an idle machine
-# (amd64 TCG); arm64 is ~2.5x slower.
-TIMEOUT = int(os.environ.get("PIRUN_MOLECULE_TIMEOUT", "2400"))
+# Cold image build (~2 min) + boot + converge + idempotence + verify + destroy is ~10 min on an idle machine
+# (amd64 TCG) for default, ~30 min for fleet beside it; arm64 is ~2.5x slower.
+TIMEOUT = int(os.environ.get("PIRUN_MOLECULE_TIMEOUT", "3600"))
 
 # Host tools the scenario needs, and the Debian package that brings each (scripts/apt-packages.txt).
 HOST_TOOLS = {
@@ -78,11 +84,8 @@ def tail(path, lines=80):
     return "\n".join(text[-lines:])
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario):
-    if not (REPO / "molecule" / scenario / "molecule.yml").exists():
-        pytest.fail(f"no molecule scenario {scenario!r} (molecule/{scenario}/molecule.yml)", pytrace=False)
-    path = check_prerequisites(scenario)
+def run_scenario(scenario, path):
+    """molecule test -s SCENARIO, its output streamed to its log. Returns (rc, seconds, log path, message)."""
     log_path = LOG_DIR / f"molecule-{scenario}.log"
     env = dict(os.environ, PATH=path, ANSIBLE_NOCOLOR="1", PY_COLORS="0", NO_COLOR="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,13 +105,39 @@ def test_molecule_scenario(scenario):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            # molecule was cut short before its own destroy: stop the VM it may have left running.
+            # molecule was cut short before its own destroy: stop the VMs it may have left running.
             subprocess.run([str(VENV_BIN / "molecule"), "destroy", "-s", scenario], cwd=REPO, env=env,
                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300)
-            pytest.fail(f"molecule test -s {scenario} did not finish within {TIMEOUT} s; log {log_path}:\n"
-                        f"{tail(log_path)}", pytrace=False)
+            return None, time.monotonic() - started, log_path, f"did not finish within {TIMEOUT} s"
     elapsed = time.monotonic() - started
     with open(log_path, "a") as log:
         log.write(f"\nmolecule test -s {scenario}: exit {rc} after {elapsed:.0f} s\n")
-    assert rc == 0, f"molecule test -s {scenario} exited {rc} after {elapsed:.0f} s; log {log_path}, its end:\n{tail(log_path)}"
+    return rc, elapsed, log_path, f"exited {rc} after {elapsed:.0f} s"
+
+
+@pytest.fixture(scope="module")
+def molecule_runs():
+    """Every selected scenario, JOBS at a time, started at once; {scenario: future or prerequisite message}."""
+    runs, pool = {}, concurrent.futures.ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="molecule")
+    for scenario in SCENARIOS:
+        if not (REPO / "molecule" / scenario / "molecule.yml").exists():
+            runs[scenario] = f"no molecule scenario {scenario!r} (molecule/{scenario}/molecule.yml)"
+            continue
+        try:
+            path = check_prerequisites(scenario)
+        except pytest.fail.Exception as exc:
+            runs[scenario] = str(exc)
+            continue
+        runs[scenario] = pool.submit(run_scenario, scenario, path)
+    yield runs
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario, molecule_runs):
+    run = molecule_runs[scenario]
+    if isinstance(run, str):
+        pytest.fail(run, pytrace=False)
+    rc, elapsed, log_path, what = run.result()
+    assert rc == 0, f"molecule test -s {scenario} {what}; log {log_path}, its end:\n{tail(log_path)}"
     print(f"molecule test -s {scenario}: {elapsed:.0f} s (log {log_path})")
