@@ -9,6 +9,7 @@ and by `run.py --check` (runtime/check.py); not on run.py's start-up path.
     elf_arch_in_root(root, "/bin/sh")              the same for a path inside a rootfs, resolved as run.py
                                                    resolves it (fs.open_in_root: symlinks stay inside ROOT)
     binfmt_entry("aarch64") -> (registered, enabled, flags, interpreter) of binfmt_misc's qemu-aarch64
+    COMPAT_ABI["aarch64"]   -> "armv7l": the 32-bit userland the host's kernel runs natively
 """
 import os
 import stat
@@ -25,6 +26,8 @@ ARCHES = {
     "ppc64le": ("ppc64el", 21, 2, "ppc64le"),
     "s390x": ("s390x", 22, 2, "s390x"),
 }
+# The 32-bit userland a 64-bit kernel of each architecture runs itself (CONFIG_COMPAT): no emulator needed.
+COMPAT_ABI = {"x86_64": "i686", "aarch64": "armv7l"}
 ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "armhf": "armv7l", "arm": "armv7l", "i386": "i686",
            "ppc64el": "ppc64le"}
 BINFMT = "/proc/sys/fs/binfmt_misc"

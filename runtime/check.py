@@ -715,9 +715,6 @@ def check_linger(host, probe=None):
 
 
 # The 32-bit ABI a 64-bit kernel runs natively (uname -m of its binaries); the seccomp filter covers it too.
-COMPAT_ABI = {"x86_64": "i686", "aarch64": "armv7l"}
-
-
 def check_rootfs(host):
     path = host.rootfs
     build = hostconfig.rootfs_build_command(REPO, path)
@@ -734,7 +731,7 @@ def check_rootfs(host):
     host_arch = os.uname().machine
     marker = rootfs_mod.read_marker(path)
     what = f"{path} ({marker.get('kind', 'rootfs')}, {shell_arch}"
-    compat = COMPAT_ABI.get(host_arch) == shell_arch     # a 32-bit userland the kernel runs itself
+    compat = arch.COMPAT_ABI.get(host_arch) == shell_arch     # a 32-bit userland the kernel runs itself
     if shell_arch == host_arch:
         how = "native"
     elif compat:

@@ -34,7 +34,7 @@ import sys
 import tarfile
 import tempfile
 
-from runtime.arch import ARCHES, binfmt_entry, elf_arch, elf_arch_in_root, normalize_arch
+from runtime.arch import ARCHES, COMPAT_ABI, binfmt_entry, elf_arch, elf_arch_in_root, normalize_arch
 from runtime.errors import PirunError
 from runtime.fs import resolve_in_root
 
@@ -291,8 +291,9 @@ def applet_list(busybox, arch):
     """`busybox --list-full` lines and how they were obtained."""
     host = os.uname().machine
     attempts = []
-    if arch == host or binfmt_entry(arch)[1]:
-        attempts.append(([busybox, "--list-full"], "native" if arch == host else "binfmt_misc"))
+    if arch == host or COMPAT_ABI.get(host) == arch or binfmt_entry(arch)[1]:
+        how = "native" if arch == host else "native 32-bit" if COMPAT_ABI.get(host) == arch else "binfmt_misc"
+        attempts.append(([busybox, "--list-full"], how))
     qemu = shutil.which(f"qemu-{ARCHES[arch][3]}-static") or shutil.which(f"qemu-{ARCHES[arch][3]}")
     if arch != host and qemu:
         attempts.append(([qemu, busybox, "--list-full"], os.path.basename(qemu)))

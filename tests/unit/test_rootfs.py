@@ -371,3 +371,22 @@ def test_unrunnable_foreign_busybox_names_qemu(tmp_path):
         rf.applet_list(str(fake), "riscv64")
     assert e.value.message.startswith("busybox --list-full (riscv64): ")
     assert e.value.fix.startswith("apt-get install qemu-user-static binfmt-support")
+
+
+def test_compat_abi_busybox_runs_natively(tmp_path, monkeypatch):
+    """The host kernel's 32-bit userland (i686 on x86_64, armv7l on aarch64) runs without an emulator: its
+    applet list comes from running it, even with no emulator and no host busybox to fall back on."""
+    host = os.uname().machine
+    compat = ar.COMPAT_ABI.get(host)
+    if compat is None:
+        pytest.fail(f"this test needs a host with a 32-bit compat ABI ({', '.join(ar.COMPAT_ABI)}); this is {host}",
+                    pytrace=False)
+    unpack = tmp_path / "unpack"
+    subprocess.run(["dpkg-deb", "-x", cached_deb(compat), str(unpack)], check=True)
+    busybox = unpack / "bin" / "busybox"
+    assert ar.elf_arch(busybox) == compat
+    monkeypatch.setattr(rf.shutil, "which", lambda name, *a, **k: None)      # no qemu, no host busybox
+    monkeypatch.setattr(rf, "binfmt_entry", lambda arch: (False, False, "", ""))
+    applets, how = rf.applet_list(str(busybox), compat)
+    assert how == "native 32-bit"
+    assert "bin/sh" in applets and "bin/mkdir" in applets
