@@ -26,7 +26,8 @@ ARCHES = {
     "ppc64le": ("ppc64el", 21, 2, "ppc64le"),
     "s390x": ("s390x", 22, 2, "s390x"),
 }
-# The 32-bit userland a 64-bit kernel of each architecture runs itself (CONFIG_COMPAT): no emulator needed.
+# The 32-bit userland a 64-bit kernel of each architecture runs itself (CONFIG_COMPAT; uname -m of its
+# binaries): no emulator needed, and the default seccomp filter covers its ABI too.
 COMPAT_ABI = {"x86_64": "i686", "aarch64": "armv7l"}
 ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "armhf": "armv7l", "arm": "armv7l", "i386": "i686",
            "ppc64el": "ppc64le"}

@@ -714,7 +714,6 @@ def check_linger(host, probe=None):
                  fix=fix("pirun_prereqs", f"loginctl enable-linger {host.user}"), required=False)]
 
 
-# The 32-bit ABI a 64-bit kernel runs natively (uname -m of its binaries); the seccomp filter covers it too.
 def check_rootfs(host):
     path = host.rootfs
     build = hostconfig.rootfs_build_command(REPO, path)

@@ -291,8 +291,9 @@ def applet_list(busybox, arch):
     """`busybox --list-full` lines and how they were obtained."""
     host = os.uname().machine
     attempts = []
-    if arch == host or COMPAT_ABI.get(host) == arch or binfmt_entry(arch)[1]:
-        how = "native" if arch == host else "native 32-bit" if COMPAT_ABI.get(host) == arch else "binfmt_misc"
+    compat = COMPAT_ABI.get(host) == arch              # the kernel runs it itself (a 32-bit userland)
+    if arch == host or compat or binfmt_entry(arch)[1]:
+        how = "native" if arch == host else "native 32-bit" if compat else "binfmt_misc"
         attempts.append(([busybox, "--list-full"], how))
     qemu = shutil.which(f"qemu-{ARCHES[arch][3]}-static") or shutil.which(f"qemu-{ARCHES[arch][3]}")
     if arch != host and qemu:
